@@ -1,0 +1,592 @@
+//! The batch wire format: many packets in one contiguous buffer, written once, read in place.
+//!
+//! A batch is what travels between processes, inline in a message or in a shared-memory
+//! segment. The sender writes it in one pass from a slice of [`AsIpcPacket`]; every reader
+//! walks it where it lies, with no allocation and no copy per packet.
+//!
+//! # Byte layout (version 1)
+//!
+//! All integers are **little-endian**. Offsets are from the start of the batch.
+//!
+//! ```text
+//! header, 32 bytes:
+//!   0  [u8; 4]  magic      "PKTB" (0x50 0x4B 0x54 0x42)
+//!   4  u16      version    1
+//!   6  u16      header_len 32 (the offset of the first record)
+//!   8  u32      count      number of records
+//!  12  u32      total_len  length of the whole batch in bytes, header included
+//!  16  u64      seq        sequence number the sender gave the batch
+//!  24  u64      lost       batches lost just before this one (0 when none)
+//!
+//! then `count` records, back to back, each starting at an offset that is a multiple of 8:
+//!   0  u64      ts_nanos   capture time, nanoseconds since 1970-01-01T00:00:00Z
+//!   8  u32      caplen     number of captured bytes that follow
+//!  12  u32      origlen    length of the packet on the wire (>= caplen when cut by a snaplen)
+//!  16  [u8; caplen]        the captured bytes
+//!      [u8; pad]           0 to 7 zero bytes, so that the next record starts on a multiple of 8
+//! ```
+//!
+//! The record of packet *i+1* starts at `offset_i + 16 + round_up(caplen_i, 8)`, and the
+//! last record's padding ends exactly at `total_len`, which is always a multiple of 8.
+//! A reader must check, before reading a record, that its 16-byte head and its `caplen`
+//! bytes lie within `total_len` (which must itself lie within the buffer it was given), and
+//! after the last record that it stopped exactly at `total_len`. [`BatchView::parse`] does
+//! all of this once, so that iterating afterwards cannot fail.
+//!
+//! A reader that meets a version it does not know must refuse the batch: a later version
+//! may change the record layout. `header_len` lets a later version grow the header.
+//!
+//! The layout maps directly onto libpcap's `pcap_pkthdr`: `ts.tv_sec = ts_nanos /
+//! 1_000_000_000`, `ts.tv_usec = (ts_nanos % 1_000_000_000) / 1000`, `caplen`, `len = origlen`.
+
+use std::time::SystemTime;
+
+use crate::packet::{nanos_since_epoch, time_from_nanos, AsIpcPacket, PacketRef};
+
+/// The four bytes every batch starts with.
+pub const MAGIC: [u8; 4] = *b"PKTB";
+/// The format version this crate writes and reads.
+pub const VERSION: u16 = 1;
+/// Length of the batch header in bytes.
+pub const HEADER_LEN: usize = 32;
+/// Length of a record's fixed head (timestamp, caplen, origlen) in bytes.
+pub const RECORD_HEAD_LEN: usize = 16;
+/// Records start at multiples of this.
+pub const ALIGN: usize = 8;
+/// The largest batch the format can describe (`total_len` is a `u32`).
+pub const MAX_BATCH_LEN: usize = u32::MAX as usize & !(ALIGN - 1);
+
+/// What is wrong with a buffer that was supposed to hold a batch, or with packets that do
+/// not fit in one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// Fewer bytes than a header.
+    #[error("batch truncated: {len} bytes, shorter than the {HEADER_LEN}-byte header")]
+    ShortHeader {
+        /// Bytes available.
+        len: usize,
+    },
+    /// The buffer does not start with the magic bytes.
+    #[error("not a packet batch (bad magic {found:02x?})")]
+    BadMagic {
+        /// The first four bytes.
+        found: [u8; 4],
+    },
+    /// A version this crate does not read.
+    #[error("unsupported batch format version {found} (this build reads version {VERSION})")]
+    UnsupportedVersion {
+        /// The version in the header.
+        found: u16,
+    },
+    /// The header's length field is not one this version knows.
+    #[error("bad batch header length {found}")]
+    BadHeaderLen {
+        /// The header length in the header.
+        found: u16,
+    },
+    /// `total_len` is not a multiple of 8, is shorter than the header or longer than the
+    /// buffer.
+    #[error("batch claims {claimed} bytes but {available} are available")]
+    BadTotalLen {
+        /// What the header says.
+        claimed: usize,
+        /// What the buffer holds.
+        available: usize,
+    },
+    /// A record runs past the end of the batch.
+    #[error("record {index} at offset {offset} runs past the end of the batch")]
+    RecordOverrun {
+        /// Index of the record.
+        index: u32,
+        /// Its offset in the batch.
+        offset: usize,
+    },
+    /// Bytes left over after the last record.
+    #[error("batch holds {count} records but {extra} bytes are left after them")]
+    TrailingBytes {
+        /// Records in the batch.
+        count: u32,
+        /// Bytes left.
+        extra: usize,
+    },
+    /// The packets given to the encoder do not fit in the buffer or in the format.
+    #[error("batch of {needed} bytes does not fit in {capacity}")]
+    TooLarge {
+        /// Bytes the batch needs.
+        needed: usize,
+        /// Bytes there are.
+        capacity: usize,
+    },
+}
+
+#[inline]
+const fn pad8(n: usize) -> usize {
+    (n + (ALIGN - 1)) & !(ALIGN - 1)
+}
+
+/// The length of one packet's record, padding included.
+#[inline]
+pub fn record_len(caplen: usize) -> usize {
+    RECORD_HEAD_LEN + pad8(caplen)
+}
+
+/// The number of bytes [`encode_into`] writes for these packets.
+pub fn encoded_len<T: AsIpcPacket>(packets: &[T]) -> usize {
+    packets.iter().fold(HEADER_LEN, |n, p| {
+        n.saturating_add(record_len(p.data().len()))
+    })
+}
+
+/// Writes a batch of `packets` at the start of `out` and returns its length.
+///
+/// `out` must hold at least [`encoded_len`] bytes. Captured lengths and original lengths
+/// above `u32::MAX` cannot occur in a batch that fits the format; an original length shorter
+/// than the captured one is raised to it.
+pub fn encode_into<T: AsIpcPacket>(
+    packets: &[T],
+    seq: u64,
+    lost: u64,
+    out: &mut [u8],
+) -> Result<usize, BatchError> {
+    let needed = encoded_len(packets);
+    if needed > out.len() || needed > MAX_BATCH_LEN {
+        return Err(BatchError::TooLarge {
+            needed,
+            capacity: out.len().min(MAX_BATCH_LEN),
+        });
+    }
+    let count = u32::try_from(packets.len()).map_err(|_| BatchError::TooLarge {
+        needed,
+        capacity: MAX_BATCH_LEN,
+    })?;
+    write_header(out, count, needed as u32, seq, lost);
+    let mut off = HEADER_LEN;
+    for p in packets {
+        let data = p.data();
+        let caplen = data.len();
+        let orig = p.orig_len().max(caplen).min(u32::MAX as usize) as u32;
+        let rec = &mut out[off..off + record_len(caplen)];
+        rec[0..8].copy_from_slice(&nanos_since_epoch(p.timestamp()).to_le_bytes());
+        rec[8..12].copy_from_slice(&(caplen as u32).to_le_bytes());
+        rec[12..16].copy_from_slice(&orig.to_le_bytes());
+        let (body, pad) = rec[RECORD_HEAD_LEN..].split_at_mut(caplen);
+        body.copy_from_slice(data);
+        pad.fill(0);
+        off += rec.len();
+    }
+    debug_assert_eq!(off, needed);
+    Ok(needed)
+}
+
+/// Appends a batch of `packets` to `out` (reusing its capacity) and returns its length.
+pub fn encode<T: AsIpcPacket>(
+    packets: &[T],
+    seq: u64,
+    lost: u64,
+    out: &mut Vec<u8>,
+) -> Result<usize, BatchError> {
+    let needed = encoded_len(packets);
+    if needed > MAX_BATCH_LEN {
+        return Err(BatchError::TooLarge {
+            needed,
+            capacity: MAX_BATCH_LEN,
+        });
+    }
+    let start = out.len();
+    out.resize(start + needed, 0);
+    match encode_into(packets, seq, lost, &mut out[start..]) {
+        Ok(n) => Ok(n),
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+fn write_header(out: &mut [u8], count: u32, total: u32, seq: u64, lost: u64) {
+    out[0..4].copy_from_slice(&MAGIC);
+    out[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    out[6..8].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
+    out[8..12].copy_from_slice(&count.to_le_bytes());
+    out[12..16].copy_from_slice(&total.to_le_bytes());
+    out[16..24].copy_from_slice(&seq.to_le_bytes());
+    out[24..32].copy_from_slice(&lost.to_le_bytes());
+}
+
+#[inline]
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+#[inline]
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+#[inline]
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(v)
+}
+
+/// The fixed header of a batch, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Number of packets.
+    pub count: u32,
+    /// Length of the whole batch in bytes.
+    pub total_len: u32,
+    /// Sequence number written by the sender.
+    pub seq: u64,
+    /// Batches lost just before this one, as written by the sender.
+    pub lost: u64,
+}
+
+impl Header {
+    /// Reads and checks the header of the batch at the start of `buf` (the records are not
+    /// looked at: see [`BatchView::parse`]).
+    pub fn parse(buf: &[u8]) -> Result<Header, BatchError> {
+        if buf.len() < HEADER_LEN {
+            return Err(BatchError::ShortHeader { len: buf.len() });
+        }
+        let magic = [buf[0], buf[1], buf[2], buf[3]];
+        if magic != MAGIC {
+            return Err(BatchError::BadMagic { found: magic });
+        }
+        let version = u16_at(buf, 4);
+        if version != VERSION {
+            return Err(BatchError::UnsupportedVersion { found: version });
+        }
+        let header_len = u16_at(buf, 6);
+        if header_len as usize != HEADER_LEN {
+            return Err(BatchError::BadHeaderLen { found: header_len });
+        }
+        let total_len = u32_at(buf, 12);
+        let total = total_len as usize;
+        if total < HEADER_LEN || total > buf.len() || total % ALIGN != 0 {
+            return Err(BatchError::BadTotalLen {
+                claimed: total,
+                available: buf.len(),
+            });
+        }
+        Ok(Header {
+            count: u32_at(buf, 8),
+            total_len,
+            seq: u64_at(buf, 16),
+            lost: u64_at(buf, 24),
+        })
+    }
+}
+
+/// A checked batch, read in place.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchView<'a> {
+    header: Header,
+    /// Exactly the batch's `total_len` bytes.
+    bytes: &'a [u8],
+}
+
+impl<'a> BatchView<'a> {
+    /// Checks the whole batch at the start of `buf`: header, and that every record lies
+    /// within it and that they end exactly at `total_len`. Never panics, whatever the bytes.
+    pub fn parse(buf: &'a [u8]) -> Result<BatchView<'a>, BatchError> {
+        let header = Header::parse(buf)?;
+        let bytes = &buf[..header.total_len as usize];
+        let mut off = HEADER_LEN;
+        for index in 0..header.count {
+            match next_record(bytes, off) {
+                Some((_, next)) => off = next,
+                None => return Err(BatchError::RecordOverrun { index, offset: off }),
+            }
+        }
+        if off != bytes.len() {
+            return Err(BatchError::TrailingBytes {
+                count: header.count,
+                extra: bytes.len() - off,
+            });
+        }
+        Ok(BatchView { header, bytes })
+    }
+
+    /// The checked header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Number of packets.
+    pub fn len(&self) -> usize {
+        self.header.count as usize
+    }
+
+    /// True when the batch holds no packet.
+    pub fn is_empty(&self) -> bool {
+        self.header.count == 0
+    }
+
+    /// The batch's bytes (exactly `total_len` of them).
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The packets, in order, borrowed from the batch.
+    pub fn iter(&self) -> Records<'a> {
+        Records {
+            bytes: self.bytes,
+            off: HEADER_LEN,
+            left: self.header.count,
+        }
+    }
+}
+
+impl<'a> IntoIterator for &BatchView<'a> {
+    type Item = PacketRef<'a>;
+    type IntoIter = Records<'a>;
+    fn into_iter(self) -> Records<'a> {
+        self.iter()
+    }
+}
+
+/// Reads the record at `off`: returns (caplen, offset of the next record) when it lies
+/// within `bytes`.
+#[inline]
+fn next_record(bytes: &[u8], off: usize) -> Option<(usize, usize)> {
+    let head_end = off.checked_add(RECORD_HEAD_LEN)?;
+    if head_end > bytes.len() {
+        return None;
+    }
+    let caplen = u32_at(bytes, off + 8) as usize;
+    let next = head_end.checked_add(pad8(caplen))?;
+    (next <= bytes.len()).then_some((caplen, next))
+}
+
+/// Iterator over the packets of a [`BatchView`]; also yields each record's byte offset
+/// through [`Records::next_with_offset`].
+#[derive(Clone, Debug)]
+pub struct Records<'a> {
+    bytes: &'a [u8],
+    off: usize,
+    left: u32,
+}
+
+impl<'a> Records<'a> {
+    /// Resumes iteration over a checked batch at a record boundary returned by
+    /// [`Records::position`], with `left` records still to come.
+    pub(crate) fn resume(bytes: &'a [u8], off: usize, left: u32) -> Records<'a> {
+        Records { bytes, off, left }
+    }
+
+    /// The offset of the next record and the number of records left.
+    pub(crate) fn position(&self) -> (usize, u32) {
+        (self.off, self.left)
+    }
+
+    /// The next packet and the offset of its captured bytes within the batch.
+    #[inline]
+    pub fn next_with_offset(&mut self) -> Option<(PacketRef<'a>, usize)> {
+        if self.left == 0 {
+            return None;
+        }
+        // The batch was checked by `BatchView::parse`; the checks are repeated because the
+        // bytes may live in memory another process can write to, and a lying writer must
+        // not turn into a read out of bounds here.
+        let (caplen, next) = next_record(self.bytes, self.off)?;
+        let at = self.off;
+        let ts_nanos = u64_at(self.bytes, at);
+        let orig_len = u32_at(self.bytes, at + 12);
+        let data_at = at + RECORD_HEAD_LEN;
+        let data = &self.bytes[data_at..data_at + caplen];
+        self.off = next;
+        self.left -= 1;
+        Some((
+            PacketRef {
+                ts: time_from_nanos(ts_nanos),
+                ts_nanos,
+                orig_len,
+                data,
+            },
+            data_at,
+        ))
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = PacketRef<'a>;
+    #[inline]
+    fn next(&mut self) -> Option<PacketRef<'a>> {
+        self.next_with_offset().map(|(p, _)| p)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.left as usize))
+    }
+}
+
+/// The timestamp of a record as a `SystemTime` (helper for readers of raw records).
+pub fn record_time(ts_nanos: u64) -> SystemTime {
+    time_from_nanos(ts_nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::Packet;
+    use proptest::prelude::*;
+
+    fn packet(nanos: u64, data: Vec<u8>, orig: usize) -> Packet {
+        Packet::with_orig_len(time_from_nanos(nanos), data, orig)
+    }
+
+    #[test]
+    fn layout_is_as_documented() {
+        let p = [packet(0x0102_0304_0506_0708, vec![0xAA; 3], 60)];
+        let mut buf = Vec::new();
+        let n = encode(&p, 7, 2, &mut buf).unwrap();
+        assert_eq!(n, 32 + 16 + 8);
+        assert_eq!(&buf[0..4], b"PKTB");
+        assert_eq!(&buf[4..8], &[1, 0, 32, 0]);
+        assert_eq!(&buf[8..12], &1u32.to_le_bytes());
+        assert_eq!(&buf[12..16], &56u32.to_le_bytes());
+        assert_eq!(&buf[16..24], &7u64.to_le_bytes());
+        assert_eq!(&buf[24..32], &2u64.to_le_bytes());
+        assert_eq!(&buf[32..40], &0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!(&buf[40..44], &3u32.to_le_bytes());
+        assert_eq!(&buf[44..48], &60u32.to_le_bytes());
+        assert_eq!(&buf[48..56], &[0xAA, 0xAA, 0xAA, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn empty_batch_round_trips() {
+        let mut buf = Vec::new();
+        encode::<Packet>(&[], 1, 0, &mut buf).unwrap();
+        let view = BatchView::parse(&buf).unwrap();
+        assert!(view.is_empty());
+        assert_eq!(view.iter().count(), 0);
+    }
+
+    #[test]
+    fn original_length_is_never_below_captured_length() {
+        let p = [packet(1, vec![1; 10], 4)];
+        let mut buf = Vec::new();
+        encode(&p, 0, 0, &mut buf).unwrap();
+        let view = BatchView::parse(&buf).unwrap();
+        assert_eq!(view.iter().next().unwrap().orig_len(), 10);
+    }
+
+    #[test]
+    fn encoder_refuses_a_short_buffer() {
+        let p = [packet(1, vec![1; 10], 10)];
+        let mut small = [0u8; 40];
+        assert!(matches!(
+            encode_into(&p, 0, 0, &mut small),
+            Err(BatchError::TooLarge { needed: 64, .. })
+        ));
+    }
+
+    #[test]
+    fn lying_headers_are_errors() {
+        let p = [packet(1, vec![9; 20], 20), packet(2, vec![8; 5], 5)];
+        let mut good = Vec::new();
+        encode(&p, 0, 0, &mut good).unwrap();
+
+        let mut more = good.clone();
+        more[8..12].copy_from_slice(&3u32.to_le_bytes());
+        assert!(matches!(
+            BatchView::parse(&more),
+            Err(BatchError::RecordOverrun { index: 2, .. })
+        ));
+
+        let mut fewer = good.clone();
+        fewer[8..12].copy_from_slice(&1u32.to_le_bytes());
+        assert!(matches!(
+            BatchView::parse(&fewer),
+            Err(BatchError::TrailingBytes { .. })
+        ));
+
+        let mut long = good.clone();
+        long[12..16].copy_from_slice(&(good.len() as u32 + 8).to_le_bytes());
+        assert!(matches!(
+            BatchView::parse(&long),
+            Err(BatchError::BadTotalLen { .. })
+        ));
+
+        let mut caplen = good.clone();
+        caplen[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            BatchView::parse(&caplen),
+            Err(BatchError::RecordOverrun { index: 0, .. })
+        ));
+
+        let mut version = good.clone();
+        version[4] = 2;
+        assert_eq!(
+            BatchView::parse(&version).unwrap_err(),
+            BatchError::UnsupportedVersion { found: 2 }
+        );
+        assert!(matches!(
+            BatchView::parse(&good[..good.len() - 8]),
+            Err(BatchError::BadTotalLen { .. })
+        ));
+        assert_eq!(
+            BatchView::parse(&good[..31]).unwrap_err(),
+            BatchError::ShortHeader { len: 31 }
+        );
+    }
+
+    fn arb_packet() -> impl Strategy<Value = Packet> {
+        (
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..300),
+            0usize..5000,
+        )
+            .prop_map(|(ts, data, orig)| {
+                let orig = orig.max(data.len());
+                packet(ts, data, orig)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(packets in proptest::collection::vec(arb_packet(), 0..40),
+                      seq in any::<u64>(), lost in any::<u64>(), prefix in 0usize..3) {
+            // A non-empty prefix checks that encode appends and leaves what was there.
+            let mut buf = vec![0x55u8; prefix * 8];
+            let n = encode(&packets, seq, lost, &mut buf).unwrap();
+            prop_assert_eq!(n, encoded_len(&packets));
+            prop_assert_eq!(n % ALIGN, 0);
+            let view = BatchView::parse(&buf[prefix * 8..]).unwrap();
+            prop_assert_eq!(view.header().seq, seq);
+            prop_assert_eq!(view.header().lost, lost);
+            prop_assert_eq!(view.len(), packets.len());
+            let mut seen = 0;
+            for (got, want) in view.iter().zip(&packets) {
+                prop_assert_eq!(got.data(), want.data());
+                prop_assert_eq!(got.orig_len(), want.orig_len());
+                prop_assert_eq!(got.timestamp_nanos(), nanos_since_epoch(want.timestamp()));
+                prop_assert_eq!(got.timestamp(), want.timestamp());
+                seen += 1;
+            }
+            prop_assert_eq!(seen, packets.len());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            if let Ok(view) = BatchView::parse(&bytes) {
+                let total: usize = view.iter().map(|p| p.data().len()).sum();
+                prop_assert!(total <= bytes.len());
+            }
+        }
+
+        #[test]
+        fn corrupted_batches_never_panic(packets in proptest::collection::vec(arb_packet(), 1..10),
+                                         flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+            let mut buf = Vec::new();
+            encode(&packets, 0, 0, &mut buf).unwrap();
+            for (at, byte) in flips {
+                let i = at % buf.len();
+                buf[i] = byte;
+            }
+            if let Ok(view) = BatchView::parse(&buf) {
+                prop_assert!(view.iter().count() == view.len());
+            }
+        }
+    }
+}

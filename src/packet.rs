@@ -1,0 +1,257 @@
+//! The packet model: what a capture program hands in and what a reader gets back.
+//!
+//! A packet is anything that implements [`AsIpcPacket`]: a capture timestamp, the captured
+//! bytes and the original (on-the-wire) length, exactly what a pcap record carries. The
+//! library never needs to own a packet to send it: [`crate::ConnectedIpc::send`] and the
+//! broker's producer write the bytes of a whole slice of packets into one batch in one pass.
+//!
+//! [`Packet`] is the owned form. [`PacketRef`] is a zero-copy view into a received batch,
+//! and [`SharedPacket`] is a view that keeps its batch alive by reference counting, so it
+//! can be held while more packets are received.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Something that can be sent as a packet: a timestamp, captured bytes and the original
+/// length on the wire.
+pub trait AsIpcPacket {
+    /// When the packet was captured. Kept to the nanosecond.
+    fn timestamp(&self) -> &SystemTime;
+    /// The captured bytes (at most the snap length of the capture).
+    fn data(&self) -> &[u8];
+    /// The length of the packet on the wire, which is larger than `data().len()` when the
+    /// capture cut the packet short. Defaults to the captured length.
+    fn orig_len(&self) -> usize {
+        self.data().len()
+    }
+}
+
+/// An owned packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packet {
+    ts: SystemTime,
+    data: Vec<u8>,
+    orig_len: usize,
+}
+
+impl Packet {
+    /// A packet whose original length is the length of `data`.
+    pub fn new(timestamp: SystemTime, data: Vec<u8>) -> Packet {
+        let orig_len = data.len();
+        Packet {
+            ts: timestamp,
+            data,
+            orig_len,
+        }
+    }
+
+    /// A packet that was cut short by the capture: `orig_len` is its length on the wire.
+    pub fn with_orig_len(timestamp: SystemTime, data: Vec<u8>, orig_len: usize) -> Packet {
+        Packet {
+            ts: timestamp,
+            data,
+            orig_len,
+        }
+    }
+
+    /// Copies any packet into an owned one.
+    pub fn from_packet<P: AsIpcPacket + ?Sized>(packet: &P) -> Packet {
+        Packet::with_orig_len(
+            *packet.timestamp(),
+            packet.data().to_vec(),
+            packet.orig_len(),
+        )
+    }
+
+    /// Gives up the packet's bytes.
+    pub fn into_data(self) -> Vec<u8> {
+        self.data
+    }
+}
+
+impl AsIpcPacket for Packet {
+    fn timestamp(&self) -> &SystemTime {
+        &self.ts
+    }
+    fn data(&self) -> &[u8] {
+        &self.data
+    }
+    fn orig_len(&self) -> usize {
+        self.orig_len
+    }
+}
+
+impl<P: AsIpcPacket + ?Sized> AsIpcPacket for &P {
+    fn timestamp(&self) -> &SystemTime {
+        (**self).timestamp()
+    }
+    fn data(&self) -> &[u8] {
+        (**self).data()
+    }
+    fn orig_len(&self) -> usize {
+        (**self).orig_len()
+    }
+}
+
+impl<P: AsIpcPacket + ?Sized> AsIpcPacket for Arc<P> {
+    fn timestamp(&self) -> &SystemTime {
+        (**self).timestamp()
+    }
+    fn data(&self) -> &[u8] {
+        (**self).data()
+    }
+    fn orig_len(&self) -> usize {
+        (**self).orig_len()
+    }
+}
+
+/// A packet read in place from a batch: nothing is copied, the bytes borrow the batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketRef<'a> {
+    pub(crate) ts: SystemTime,
+    pub(crate) ts_nanos: u64,
+    pub(crate) orig_len: u32,
+    pub(crate) data: &'a [u8],
+}
+
+impl<'a> PacketRef<'a> {
+    /// The captured bytes, borrowed from the batch for its whole lifetime.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// The timestamp as nanoseconds since the Unix epoch, as it is stored in the batch.
+    pub fn timestamp_nanos(&self) -> u64 {
+        self.ts_nanos
+    }
+
+    /// Copies the packet into an owned [`Packet`].
+    pub fn to_packet(&self) -> Packet {
+        Packet::from_packet(self)
+    }
+}
+
+impl AsIpcPacket for PacketRef<'_> {
+    fn timestamp(&self) -> &SystemTime {
+        &self.ts
+    }
+    fn data(&self) -> &[u8] {
+        self.data
+    }
+    fn orig_len(&self) -> usize {
+        self.orig_len as usize
+    }
+}
+
+/// The bytes a [`SharedPacket`] points into. Implemented by the receive buffers of the
+/// transport (a private copy of an inline batch, or a lease on a shared-memory segment).
+pub(crate) trait BatchStorage: Send + Sync {
+    /// The whole batch buffer.
+    fn bytes(&self) -> &[u8];
+}
+
+/// A received packet that keeps its batch alive by reference counting.
+///
+/// [`crate::Client::recv`] hands these out: they cost no copy and no allocation each, and
+/// they stay valid after `recv` is called again. The batch's memory is given back to the
+/// sender once the last packet of the batch is dropped, so holding packets for a long time
+/// makes the sender fall back to slower paths; copy what must be kept
+/// ([`Packet::from_packet`]).
+#[derive(Clone)]
+pub struct SharedPacket {
+    storage: Arc<dyn BatchStorage>,
+    ts: SystemTime,
+    offset: u32,
+    caplen: u32,
+    orig_len: u32,
+}
+
+impl SharedPacket {
+    pub(crate) fn new(storage: Arc<dyn BatchStorage>, at: &PacketRef<'_>, offset: u32) -> Self {
+        SharedPacket {
+            storage,
+            ts: at.ts,
+            offset,
+            caplen: at.data.len() as u32,
+            orig_len: at.orig_len,
+        }
+    }
+
+    /// A borrowed view of the packet.
+    pub fn as_ref(&self) -> PacketRef<'_> {
+        let data = self.data();
+        PacketRef {
+            ts: self.ts,
+            ts_nanos: nanos_since_epoch(&self.ts),
+            orig_len: self.orig_len,
+            data,
+        }
+    }
+}
+
+impl AsIpcPacket for SharedPacket {
+    fn timestamp(&self) -> &SystemTime {
+        &self.ts
+    }
+    fn data(&self) -> &[u8] {
+        let start = self.offset as usize;
+        // The offsets were validated against this very buffer when the batch was decoded.
+        self.storage
+            .bytes()
+            .get(start..start + self.caplen as usize)
+            .unwrap_or_default()
+    }
+    fn orig_len(&self) -> usize {
+        self.orig_len as usize
+    }
+}
+
+impl std::fmt::Debug for SharedPacket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedPacket")
+            .field("ts", &self.ts)
+            .field("caplen", &self.caplen)
+            .field("orig_len", &self.orig_len)
+            .finish()
+    }
+}
+
+/// Nanoseconds since the Unix epoch, saturating: times before 1970 become 0 and times after
+/// the year 2554 become `u64::MAX`.
+pub fn nanos_since_epoch(ts: &SystemTime) -> u64 {
+    match ts.duration_since(UNIX_EPOCH) {
+        Ok(d) => u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+        Err(_) => 0,
+    }
+}
+
+/// The `SystemTime` of a count of nanoseconds since the Unix epoch.
+pub fn time_from_nanos(nanos: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_packet_keeps_original_length() {
+        let ts = time_from_nanos(1_700_000_000_123_456_789);
+        let p = Packet::new(ts, vec![1, 2, 3]);
+        assert_eq!(p.orig_len(), 3);
+        let cut = Packet::with_orig_len(ts, vec![1, 2], 1514);
+        assert_eq!(cut.orig_len(), 1514);
+        assert_eq!(cut.data(), &[1, 2]);
+        assert_eq!(
+            nanos_since_epoch(cut.timestamp()),
+            1_700_000_000_123_456_789
+        );
+    }
+
+    #[test]
+    fn timestamps_saturate() {
+        assert_eq!(nanos_since_epoch(&(UNIX_EPOCH - Duration::from_secs(1))), 0);
+        let far = UNIX_EPOCH + Duration::from_secs(u64::MAX / 2);
+        assert_eq!(nanos_since_epoch(&far), u64::MAX);
+    }
+}

@@ -1,0 +1,467 @@
+//! A one-way link of packet batches between two processes: the point-to-point transport.
+//!
+//! The reader (the client) creates three channels and connects to the writer's one-shot
+//! server with a [`Hello`] carrying their ends: `data` (writer → reader, raw frames),
+//! `ctrl` (writer → reader, typed, rare: the welcome and each new shared-memory segment)
+//! and `releases` (reader → writer, raw: segments the reader is done with). The writer
+//! answers with a welcome on `ctrl`, so a reader whose writer never accepts gets a clear
+//! error after its timeout instead of hanging.
+//!
+//! A batch at most `inline_threshold` bytes long travels inline in its data frame; a
+//! larger one is written straight into a reused shared-memory segment and only a
+//! descriptor travels (see [`super::shm`]). A reader thread receives frames and hands
+//! batches to the consumer through a bounded or unbounded queue, as the original crate did.
+
+use std::io;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use ipc_channel::ipc::{
+    self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender,
+    IpcSharedMemory,
+};
+use ipc_channel::{IpcError, TryRecvError};
+use serde::{Deserialize, Serialize};
+
+use super::frame::{self, Desc, Frame};
+use super::shm::{PoolLimits, Releases, SegmentPool, SegmentTable};
+use super::TransportError;
+use crate::batch::{self, BatchView};
+use crate::packet::{AsIpcPacket, BatchStorage};
+
+/// Version of the link protocol; a peer speaking another is refused.
+const PROTOCOL: u32 = 1;
+
+/// Batches up to this many bytes travel inline by default. Measured on the 2-core
+/// reference machine with `cargo bench --bench point_to_point` (see README, Benchmarks):
+/// inline wins below it, a reused segment above it.
+pub const DEFAULT_INLINE_THRESHOLD: usize = 16 * 1024;
+
+/// How long a reader waits for a writer's segment announcement that must already be on
+/// its way (it is sent before the descriptor that names it).
+const ANNOUNCE_WAIT: Duration = Duration::from_secs(5);
+
+/// What a reader sends to connect.
+#[derive(Serialize, Deserialize)]
+struct Hello {
+    version: u32,
+    data: IpcBytesSender,
+    ctrl: IpcSender<Ctrl>,
+    releases: IpcBytesReceiver,
+}
+
+/// Rare, typed messages from writer to reader.
+#[derive(Serialize, Deserialize)]
+enum Ctrl {
+    /// The writer accepted the reader.
+    Welcome { version: u32 },
+    /// A new segment, or a larger one replacing the segment of that id.
+    Segment { id: u32, shm: IpcSharedMemory },
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> TransportError {
+    move |source| TransportError::Io { what, source }
+}
+
+fn ipc_err(what: &'static str, e: IpcError) -> TransportError {
+    match e {
+        IpcError::Disconnected => TransportError::Disconnected,
+        IpcError::Io(source) => TransportError::Io { what, source },
+        IpcError::SerializationError(e) => TransportError::Protocol(format!("{what}: {e}")),
+    }
+}
+
+fn send_err(e: io::Error) -> TransportError {
+    match e.kind() {
+        io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::NotConnected => TransportError::Disconnected,
+        _ => TransportError::Io {
+            what: "sending a frame",
+            source: e,
+        },
+    }
+}
+
+/// A writer's listening end: one reader may connect to it.
+pub(crate) struct Listener {
+    server: IpcOneShotServer<Hello>,
+    name: String,
+}
+
+/// How a writer sends.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WriterOptions {
+    /// Batches up to this many bytes go inline.
+    pub inline_threshold: usize,
+    /// Bounds on the shared-memory segments.
+    pub pool: PoolLimits,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            inline_threshold: DEFAULT_INLINE_THRESHOLD,
+            pool: PoolLimits::default(),
+        }
+    }
+}
+
+impl Listener {
+    /// A new listening end; its socket lives in a fresh directory under `$TMPDIR`.
+    pub(crate) fn new() -> Result<Listener, TransportError> {
+        let (server, name) = IpcOneShotServer::new().map_err(io_err("creating a server"))?;
+        Ok(Listener { server, name })
+    }
+
+    /// The name a reader connects to.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Waits for a reader, then welcomes it.
+    pub(crate) fn accept(self, options: WriterOptions) -> Result<LinkWriter, TransportError> {
+        let (_conn, hello) = self
+            .server
+            .accept()
+            .map_err(|e| ipc_err("accepting a connection", e))?;
+        if hello.version != PROTOCOL {
+            return Err(TransportError::Protocol(format!(
+                "client speaks protocol {}, this build speaks {PROTOCOL}",
+                hello.version
+            )));
+        }
+        hello
+            .ctrl
+            .send(Ctrl::Welcome { version: PROTOCOL })
+            .map_err(|e| ipc_err("welcoming the client", e))?;
+        Ok(LinkWriter {
+            data: hello.data,
+            ctrl: hello.ctrl,
+            releases: hello.releases,
+            pool: SegmentPool::new(options.pool),
+            frame: Vec::new(),
+            descs: Vec::with_capacity(1),
+            seq: 0,
+            inline_threshold: options.inline_threshold,
+            closed: false,
+        })
+    }
+}
+
+/// The sending end of a link.
+pub(crate) struct LinkWriter {
+    data: IpcBytesSender,
+    ctrl: IpcSender<Ctrl>,
+    releases: IpcBytesReceiver,
+    pool: SegmentPool,
+    /// Reused for every frame, so that sending allocates nothing once warm.
+    frame: Vec<u8>,
+    descs: Vec<Desc>,
+    seq: u64,
+    inline_threshold: usize,
+    closed: bool,
+}
+
+impl LinkWriter {
+    /// Sends one batch of packets (nothing for an empty slice).
+    pub(crate) fn send<T: AsIpcPacket>(&mut self, packets: &[T]) -> Result<(), TransportError> {
+        if self.closed {
+            return Err(TransportError::Closed);
+        }
+        if packets.is_empty() {
+            return Ok(());
+        }
+        let len = batch::encoded_len(packets);
+        if len > batch::MAX_BATCH_LEN {
+            return Err(batch::BatchError::TooLarge {
+                needed: len,
+                capacity: batch::MAX_BATCH_LEN,
+            }
+            .into());
+        }
+        let seq = self.seq;
+        if len > self.inline_threshold && self.send_shared(packets, len, seq)? {
+            self.seq += 1;
+            return Ok(());
+        }
+        frame::start_inline(&mut self.frame);
+        batch::encode(packets, seq, 0, &mut self.frame)?;
+        self.data.send(&self.frame).map_err(send_err)?;
+        self.seq += 1;
+        Ok(())
+    }
+
+    /// Writes the batch into a free segment and sends its descriptor; false when no
+    /// segment is free (the caller sends inline).
+    fn send_shared<T: AsIpcPacket>(
+        &mut self,
+        packets: &[T],
+        len: usize,
+        seq: u64,
+    ) -> Result<bool, TransportError> {
+        self.reclaim()?;
+        let Some(seg) = self.pool.acquire(len) else {
+            return Ok(false);
+        };
+        let written = batch::encode_into(packets, seq, 0, seg.buf)?;
+        let id = seg.id;
+        let fresh = seg.announce.is_some();
+        if let Some(shm) = seg.announce {
+            self.ctrl
+                .send(Ctrl::Segment { id, shm })
+                .map_err(|e| ipc_err("announcing a segment", e))?;
+        }
+        self.descs.clear();
+        self.descs.push(Desc {
+            seg: id,
+            len: written as u32,
+            seq,
+            fresh,
+        });
+        frame::write_descs(&mut self.frame, &self.descs);
+        self.data.send(&self.frame).map_err(send_err)?;
+        Ok(true)
+    }
+
+    /// Takes back every segment the reader has released so far, without waiting.
+    fn reclaim(&mut self) -> Result<(), TransportError> {
+        loop {
+            match self.releases.try_recv() {
+                Ok(msg) => {
+                    for id in frame::parse_releases(&msg)? {
+                        self.pool.release(id);
+                    }
+                }
+                Err(TryRecvError::Empty) => return Ok(()),
+                Err(TryRecvError::IpcError(IpcError::Disconnected)) => {
+                    return Err(TransportError::Disconnected)
+                }
+                Err(TryRecvError::IpcError(e)) => return Err(ipc_err("reading releases", e)),
+            }
+        }
+    }
+
+    /// Tells the reader the stream is over. Later sends fail.
+    pub(crate) fn close(&mut self) -> Result<(), TransportError> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        self.data.send(&frame::end()).map_err(send_err)
+    }
+}
+
+/// What the reader thread hands the consumer.
+pub(crate) enum Incoming {
+    /// A checked batch and its number of packets.
+    Batch(Arc<dyn BatchStorage>, u32),
+    /// The writer closed the stream.
+    End,
+    /// The link failed; nothing more will come.
+    Failed(TransportError),
+}
+
+/// A batch received inline: the message itself, frame head and all.
+struct InlineBatch(Vec<u8>);
+
+impl BatchStorage for InlineBatch {
+    fn bytes(&self) -> &[u8] {
+        self.0.get(frame::HEAD_LEN..).unwrap_or_default()
+    }
+}
+
+/// The consumer's side of a connected reader.
+pub(crate) struct LinkReader {
+    /// Batches from the reader thread.
+    pub incoming: mpsc::Receiver<Incoming>,
+    releases: Arc<Releases>,
+    release_tx: IpcBytesSender,
+    release_frame: Vec<u8>,
+}
+
+impl LinkReader {
+    /// Connects to the writer named `name`; fails if it does not welcome us within
+    /// `timeout`. `buffer` bounds the batches queued between the reader thread and the
+    /// consumer (`None`: unbounded).
+    pub(crate) fn connect(
+        name: &str,
+        buffer: Option<usize>,
+        timeout: Duration,
+    ) -> Result<LinkReader, TransportError> {
+        let (data_tx, data_rx) = ipc::bytes_channel().map_err(io_err("creating a channel"))?;
+        let (ctrl_tx, ctrl_rx) = ipc::channel::<Ctrl>().map_err(io_err("creating a channel"))?;
+        let (release_tx, release_rx) =
+            ipc::bytes_channel().map_err(io_err("creating a channel"))?;
+        let server = IpcSender::<Hello>::connect(name.to_owned()).map_err(|source| {
+            TransportError::Connect {
+                name: name.to_owned(),
+                source,
+            }
+        })?;
+        server
+            .send(Hello {
+                version: PROTOCOL,
+                data: data_tx,
+                ctrl: ctrl_tx,
+                releases: release_rx,
+            })
+            .map_err(|e| ipc_err("sending the hello", e))?;
+        match ctrl_rx.try_recv_timeout(timeout) {
+            Ok(Ctrl::Welcome { version: PROTOCOL }) => {}
+            Ok(Ctrl::Welcome { version }) => {
+                return Err(TransportError::Protocol(format!(
+                    "server speaks protocol {version}, this build speaks {PROTOCOL}"
+                )))
+            }
+            Ok(Ctrl::Segment { .. }) => {
+                return Err(TransportError::Protocol("segment before welcome".into()))
+            }
+            Err(TryRecvError::Empty) => {
+                return Err(TransportError::AcceptTimeout {
+                    name: name.to_owned(),
+                    waited: timeout,
+                })
+            }
+            Err(TryRecvError::IpcError(e)) => return Err(ipc_err("waiting for the welcome", e)),
+        }
+        let (tx, incoming) = match buffer {
+            Some(n) => {
+                let (tx, rx) = mpsc::sync_channel(n.max(1));
+                (Sender::Bounded(tx), rx)
+            }
+            None => {
+                let (tx, rx) = mpsc::channel();
+                (Sender::Unbounded(tx), rx)
+            }
+        };
+        let releases = Arc::new(Releases::default());
+        let thread_releases = Arc::clone(&releases);
+        thread::Builder::new()
+            .name("packet-ipc-reader".into())
+            .spawn(move || read_loop(&data_rx, &ctrl_rx, &tx, &thread_releases))
+            .map_err(io_err("starting the reader thread"))?;
+        Ok(LinkReader {
+            incoming,
+            releases,
+            release_tx,
+            release_frame: Vec::new(),
+        })
+    }
+
+    /// Sends the writer every segment released since the last call (one message, or none).
+    pub(crate) fn flush_releases(&mut self) {
+        self.releases.take(&mut self.release_frame);
+        if !self.release_frame.is_empty() {
+            // A writer that is gone needs no releases; the data channel reports its end.
+            let _ = self.release_tx.send(&self.release_frame);
+        }
+    }
+}
+
+enum Sender {
+    Bounded(mpsc::SyncSender<Incoming>),
+    Unbounded(mpsc::Sender<Incoming>),
+}
+
+impl Sender {
+    fn send(&self, item: Incoming) -> bool {
+        match self {
+            Sender::Bounded(tx) => tx.send(item).is_ok(),
+            Sender::Unbounded(tx) => tx.send(item).is_ok(),
+        }
+    }
+}
+
+/// The reader thread: frames in, checked batches out, until the end, a failure, or the
+/// consumer is gone.
+fn read_loop(
+    data: &IpcBytesReceiver,
+    ctrl: &IpcReceiver<Ctrl>,
+    out: &Sender,
+    releases: &Arc<Releases>,
+) {
+    let mut table = SegmentTable::default();
+    loop {
+        let result = match data.recv() {
+            Ok(msg) => receive(msg, ctrl, &mut table, out, releases),
+            Err(IpcError::Disconnected) => Err(TransportError::Disconnected),
+            Err(e) => Err(ipc_err("receiving a frame", e)),
+        };
+        match result {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                out.send(Incoming::Failed(e));
+                return;
+            }
+        }
+    }
+}
+
+/// Handles one data frame; false when reading is over (end of stream, or nobody to hand
+/// batches to).
+fn receive(
+    mut msg: Vec<u8>,
+    ctrl: &IpcReceiver<Ctrl>,
+    table: &mut SegmentTable,
+    out: &Sender,
+    releases: &Arc<Releases>,
+) -> Result<bool, TransportError> {
+    match frame::parse(&msg)? {
+        Frame::Inline(bytes) => {
+            let count = BatchView::parse(bytes)?.len() as u32;
+            // The receive buffer is sized for the largest message; give the rest back
+            // (glibc shrinks in place) so that queued inline batches cost what they hold.
+            if msg.capacity() > 2 * msg.len() + 4096 {
+                msg.shrink_to_fit();
+            }
+            Ok(out.send(Incoming::Batch(Arc::new(InlineBatch(msg)), count)))
+        }
+        Frame::Descs(descs) => {
+            for d in descs {
+                if d.fresh {
+                    wait_announcement(ctrl, table, d.seg)?;
+                }
+                let lease = table.lease(&d, releases)?;
+                let count = BatchView::parse(lease.bytes())?.len() as u32;
+                if !out.send(Incoming::Batch(Arc::new(lease), count)) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        Frame::End => {
+            out.send(Incoming::End);
+            Ok(false)
+        }
+    }
+}
+
+/// Reads segment announcements until the one for `seg` (sent just before the descriptor
+/// that names it) has arrived.
+fn wait_announcement(
+    ctrl: &IpcReceiver<Ctrl>,
+    table: &mut SegmentTable,
+    seg: u32,
+) -> Result<(), TransportError> {
+    loop {
+        match ctrl.try_recv_timeout(ANNOUNCE_WAIT) {
+            Ok(Ctrl::Segment { id, shm }) => {
+                table.insert(id, shm)?;
+                if id == seg {
+                    return Ok(());
+                }
+            }
+            Ok(Ctrl::Welcome { .. }) => {
+                return Err(TransportError::Protocol("second welcome".into()))
+            }
+            Err(TryRecvError::Empty) => return Err(super::shm::SegmentError::Unknown(seg).into()),
+            Err(TryRecvError::IpcError(e)) => {
+                return Err(ipc_err("reading a segment announcement", e))
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Everything that knows ipc-channel: frames, shared-memory segments, links.
+//!
+//! Nothing above this module names an ipc-channel type; it sees batches, descriptors and
+//! [`TransportError`]s.
+
+pub(crate) mod frame;
+pub(crate) mod link;
+pub(crate) mod shm;
+
+use std::io;
+use std::time::Duration;
+
+pub use frame::FrameError;
+pub use link::DEFAULT_INLINE_THRESHOLD;
+pub use shm::SegmentError;
+
+use crate::batch::BatchError;
+
+/// A failure of the link between two processes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// Nothing listens under that name (or it cannot be reached).
+    #[error("cannot connect to {name}: {source}")]
+    Connect {
+        /// The server name.
+        name: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The server exists but did not accept the connection in time.
+    #[error("{name} did not accept the connection within {waited:?}")]
+    AcceptTimeout {
+        /// The server name.
+        name: String,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// An operating-system error.
+    #[error("{what}: {source}")]
+    Io {
+        /// What we were doing.
+        what: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+    /// The peer went away without closing the stream.
+    #[error("the peer disconnected")]
+    Disconnected,
+    /// This end was closed already.
+    #[error("the connection is closed")]
+    Closed,
+    /// The peer sent something that does not follow the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A malformed frame.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// A descriptor that does not fit the segments.
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    /// A malformed batch.
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+}
