@@ -1,0 +1,8 @@
+//! Integration tests: real processes on both ends of every link.
+//!
+//! One test binary (so helpers are shared and linking happens once); `util` starts peer
+//! processes and guards every wait with a deadline, so that a hang fails the test instead
+//! of stalling the suite.
+
+mod p2p;
+mod util;
