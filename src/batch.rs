@@ -263,7 +263,7 @@ impl Header {
         }
         let total_len = u32_at(buf, 12);
         let total = total_len as usize;
-        if total < HEADER_LEN || total > buf.len() || total % ALIGN != 0 {
+        if total < HEADER_LEN || total > buf.len() || !total.is_multiple_of(ALIGN) {
             return Err(BatchError::BadTotalLen {
                 claimed: total,
                 available: buf.len(),

@@ -11,19 +11,29 @@
 //!   ipc-channel type.
 //! - [`Server`] / [`ConnectedIpc`] (`server.rs`), [`Client`] (`client.rs`) and
 //!   [`TransferIpc`] (`stream.rs`): the point-to-point API of the original crate.
+//! - [`broker`]: the daemon `packet-ipcd`: configuration, rendezvous file, spool
+//!   directories, one hub thread per named server doing the fan-out, lifecycle.
+//! - [`Producer`] (`producer.rs`) and [`Subscriber`] (`subscriber.rs`): clients of the
+//!   daemon, which find it through the rendezvous file and reconnect by themselves.
 //! - `src/bin/`: the `packet-ipcd` daemon and the `packet-ipc` tool, thin mains.
 
 pub mod batch;
+pub mod broker;
 mod client;
 pub mod packet;
+mod producer;
 mod server;
 mod stream;
+mod subscriber;
 mod transport;
 
+pub use broker::connect::{list_servers, ConnectOptions, ServerInfo};
 pub use client::{Client, ClientOptions, DEFAULT_CONNECT_TIMEOUT};
 pub use packet::{AsIpcPacket, Packet, PacketRef, SharedPacket};
+pub use producer::Producer;
 pub use server::{ConnectedIpc, Server, ServerOptions};
 pub use stream::TransferIpc;
+pub use subscriber::{Batch, Received, Subscriber};
 pub use transport::{FrameError, SegmentError, TransportError, DEFAULT_INLINE_THRESHOLD};
 
 /// Every error of the crate.
@@ -36,6 +46,82 @@ pub enum Error {
     /// A batch could not be written or read.
     #[error(transparent)]
     Batch(#[from] batch::BatchError),
+    /// No daemon is running where the client looked (the message says where).
+    #[error("{0}")]
+    NoDaemon(String),
+    /// The daemon has no server of that name.
+    #[error("unknown server {name:?} (the daemon has: {})", if known.is_empty() { "none".to_owned() } else { known.join(", ") })]
+    UnknownServer {
+        /// The name asked for.
+        name: String,
+        /// The servers there are.
+        known: Vec<String>,
+    },
+    /// This user may not use that server in that role.
+    #[error("permission denied: cannot {action} server {server}{} ({})", group.as_ref().map(|g| format!(": only members of group {g} may")).unwrap_or_default(), path.display())]
+    PermissionDenied {
+        /// The server.
+        server: String,
+        /// "produce to" or "subscribe to".
+        action: &'static str,
+        /// The group the server requires, if any.
+        group: Option<String>,
+        /// The spool directory that refused us.
+        path: std::path::PathBuf,
+    },
+    /// The daemon refused the connection.
+    #[error("server {server} refused the connection: {reason}")]
+    Refused {
+        /// The server.
+        server: String,
+        /// Why.
+        reason: String,
+    },
+    /// The daemon did not answer the request in time.
+    #[error("the daemon did not answer a request for server {server} within {waited:?} (is packet-ipcd running?)")]
+    NoAnswer {
+        /// The server.
+        server: String,
+        /// How long we waited.
+        waited: std::time::Duration,
+    },
+    /// The server was removed from the daemon's configuration.
+    #[error("server {server} was removed")]
+    ServerGone {
+        /// The server.
+        server: String,
+    },
+    /// The daemon cut this client off.
+    #[error("disconnected from server {server}: {reason}")]
+    Disconnected {
+        /// The server.
+        server: String,
+        /// Why, as the daemon said.
+        reason: String,
+    },
+    /// The daemon stopped and none came back in time.
+    #[error("no packet-ipcd came back for server {server} within {waited:?}")]
+    DaemonGone {
+        /// The server.
+        server: String,
+        /// How long we waited.
+        waited: std::time::Duration,
+    },
+    /// A batch over the server's `max-batch-bytes`.
+    #[error(
+        "batch of {bytes} bytes is over the {max} bytes server {server} accepts (max-batch-bytes)"
+    )]
+    BatchTooLarge {
+        /// The server.
+        server: String,
+        /// The batch's size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A request could not be written to the daemon's spool directory.
+    #[error("cannot reach the daemon: {0}")]
+    Spool(String),
 }
 
 /// The crate's result type.

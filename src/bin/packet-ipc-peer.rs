@@ -6,6 +6,8 @@
 //!   the stream and prints a JSON summary (and, with `--out`, every packet as one batch file).
 //! - `packet-ipc-peer serve` creates a server, prints its name, and sends generated packets
 //!   to the client that connects.
+//! - `packet-ipc-peer produce SERVER` and `packet-ipc-peer subscribe SERVER` are a producer
+//!   and a subscriber of the daemon `packet-ipcd`, for tests.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,7 +15,10 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Parser, Subcommand};
-use packet_ipc::{AsIpcPacket, Client, ClientOptions, Packet, Server};
+use packet_ipc::{
+    AsIpcPacket, Client, ClientOptions, ConnectOptions, Packet, Producer, Received, Server,
+    Subscriber,
+};
 
 #[derive(Parser)]
 #[command(version, about = "Point-to-point packet-ipc peer, for demos and tests")]
@@ -39,6 +44,39 @@ enum Cmd {
         /// How long to wait for the server to accept, in milliseconds.
         #[arg(long, default_value_t = 10_000)]
         connect_timeout_ms: u64,
+        /// Write every received packet into this file, as one batch.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Send generated packets to a server of the daemon.
+    Produce {
+        /// The server's name.
+        server: String,
+        #[command(flatten)]
+        gen: Gen,
+        /// Pause this long between batches, in microseconds.
+        #[arg(long, default_value_t = 0)]
+        pause_us: u64,
+        /// How long to wait for a daemon to come back, in milliseconds.
+        #[arg(long, default_value_t = 30_000)]
+        reconnect_wait_ms: u64,
+    },
+    /// Receive from a server of the daemon until the end, a count or a timeout.
+    Subscribe {
+        /// The server's name.
+        server: String,
+        /// Stop after this many packets.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop when nothing came for this long, in milliseconds.
+        #[arg(long)]
+        idle_ms: Option<u64>,
+        /// How long to wait for a daemon to come back, in milliseconds.
+        #[arg(long, default_value_t = 30_000)]
+        reconnect_wait_ms: u64,
+        /// Sleep this long after each batch, in microseconds (a slow reader).
+        #[arg(long, default_value_t = 0)]
+        slow_us: u64,
         /// Write every received packet into this file, as one batch.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -86,6 +124,20 @@ fn main() -> ExitCode {
             out,
         ),
         Cmd::Serve { gen, abort_after } => serve(gen, abort_after),
+        Cmd::Produce {
+            server,
+            gen,
+            pause_us,
+            reconnect_wait_ms,
+        } => produce(&server, gen, pause_us, reconnect_wait_ms),
+        Cmd::Subscribe {
+            server,
+            count,
+            idle_ms,
+            reconnect_wait_ms,
+            slow_us,
+            out,
+        } => subscribe(&server, count, idle_ms, reconnect_wait_ms, slow_us, out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -183,4 +235,86 @@ fn client(name: &str, options: ClientOptions, size: usize, out: Option<PathBuf>)
     });
     println!("{summary}");
     result.map_err(Into::into)
+}
+
+fn options(reconnect_wait_ms: u64) -> ConnectOptions {
+    ConnectOptions {
+        reconnect_wait: Duration::from_millis(reconnect_wait_ms),
+        ..ConnectOptions::default()
+    }
+}
+
+fn produce(server: &str, gen: Gen, pause_us: u64, reconnect_wait_ms: u64) -> AnyResult {
+    let mut producer = Producer::connect_with(server, options(reconnect_wait_ms))?;
+    eprintln!("connected to {server}");
+    let packets = generated(gen);
+    for _ in 0..gen.batches {
+        producer.send(&packets)?;
+        if pause_us > 0 {
+            std::thread::sleep(Duration::from_micros(pause_us));
+        }
+    }
+    let summary = serde_json::json!({
+        "packets": gen.batches * gen.packets as u64,
+        "batches": gen.batches,
+    });
+    println!("{summary}");
+    Ok(())
+}
+
+fn subscribe(
+    server: &str,
+    count: Option<u64>,
+    idle_ms: Option<u64>,
+    reconnect_wait_ms: u64,
+    slow_us: u64,
+    out: Option<PathBuf>,
+) -> AnyResult {
+    let mut sub = Subscriber::connect_with(server, options(reconnect_wait_ms))?;
+    eprintln!("subscribed to {server}");
+    let (mut packets, mut batches, mut lost, mut reconnects) = (0u64, 0u64, 0u64, 0u64);
+    let mut seqs_ordered = true;
+    let mut last_seq = None;
+    let mut kept = Vec::new();
+    let wait = Duration::from_millis(idle_ms.unwrap_or(3_600_000));
+    let end = loop {
+        if count.is_some_and(|c| packets >= c) {
+            break "count";
+        }
+        match sub.recv_timeout(wait)? {
+            Received::Batch(batch) => {
+                batches += 1;
+                lost += batch.lost();
+                reconnects += u64::from(batch.reconnected());
+                if last_seq.is_some_and(|s| batch.seq() <= s) && !batch.reconnected() {
+                    seqs_ordered = false;
+                }
+                last_seq = Some(batch.seq());
+                packets += batch.len() as u64;
+                if out.is_some() {
+                    kept.extend(batch.iter().map(|p| p.to_packet()));
+                }
+                if slow_us > 0 {
+                    std::thread::sleep(Duration::from_micros(slow_us));
+                }
+            }
+            Received::Timeout => break "idle",
+            Received::End => break "end",
+        }
+    };
+    if let Some(path) = out {
+        let mut buf = Vec::new();
+        packet_ipc::batch::encode(&kept, 0, 0, &mut buf)?;
+        std::fs::write(path, buf)?;
+    }
+    let summary = serde_json::json!({
+        "packets": packets,
+        "batches": batches,
+        "lost_batches": lost,
+        "reconnects": reconnects,
+        "seqs_ordered": seqs_ordered,
+        "end": end,
+    });
+    println!("{summary}");
+    Ok(())
 }

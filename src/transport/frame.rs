@@ -4,28 +4,42 @@
 //! the data path instead sends bytes laid out here, read in place by the receiver.
 //!
 //! ```text
-//! data frame (writer -> reader), 8-byte head:
-//!   0  u8   kind    1 = inline batch, 2 = descriptors, 3 = end of stream
+//! every frame starts with an 8-byte head:
+//!   0  u8   kind    1 inline batch | 2 descriptors | 3 end of stream | 4 notice | 5 releases
 //!   1  [u8; 3]      zero
-//!   4  u32  count   number of descriptors (kind 2), else 0
+//!   4  u32  count   kind 2: descriptors; kind 4: notice code; kind 5: segment ids; else 0
 //! kind 1: the batch follows (see `crate::batch`)
-//! kind 2: `count` descriptors of 16 bytes follow:
-//!   0  u32  segment id; bit 31 set when the segment was just announced on the control
-//!           channel (new, or replaced by a larger one): read that announcement first
+//! kind 2: `count` descriptors of 24 bytes follow:
+//!   0  u32  segment id
 //!   4  u32  length of the batch at the start of that segment
 //!   8  u64  sequence number of the batch
-//! release frame (reader -> writer): any number of u32 segment ids the reader is done with
+//!  16  u32  batches lost just before this one
+//!  20  u32  flags: bit 0 set when the segment was just announced on the control channel
+//!           (new, or replaced by a larger one): read that announcement first
+//! kind 4: a UTF-8 text saying why follows
+//! kind 5: `count` u32 segment ids follow: segments the reader is done with
 //! ```
 //! All integers little-endian.
+//!
+//! # Envelope
+//!
+//! The daemon multiplexes many channels in one `IpcReceiverSet`, which only yields typed
+//! messages. A frame sent to such a receiver is wrapped in an envelope that makes it a
+//! valid postcard encoding of a byte buffer: its length as a LEB128 varint, then the frame.
+//! [`FrameBuf`] reserves room for the envelope so that sealing it copies nothing.
 
-/// Length of a data frame's head.
+/// Length of a frame's head.
 pub(crate) const HEAD_LEN: usize = 8;
 /// Length of one descriptor.
-pub(crate) const DESC_LEN: usize = 16;
+pub(crate) const DESC_LEN: usize = 24;
 
 const KIND_INLINE: u8 = 1;
 const KIND_DESCS: u8 = 2;
 const KIND_END: u8 = 3;
+const KIND_NOTICE: u8 = 4;
+const KIND_RELEASES: u8 = 5;
+
+const FLAG_FRESH: u32 = 1;
 
 /// Says where a batch lies in shared memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,13 +50,49 @@ pub(crate) struct Desc {
     pub len: u32,
     /// Sequence number of the batch.
     pub seq: u64,
+    /// Batches lost for this reader just before this one.
+    pub lost: u32,
     /// The segment was announced just before this descriptor.
     pub fresh: bool,
 }
 
-const FRESH: u32 = 1 << 31;
+/// Why a peer is told something out of band.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NoticeCode {
+    /// The daemon is stopping; a client may wait for the next one.
+    Stopping,
+    /// The server was removed; nothing more will come.
+    ServerGone,
+    /// This client is cut off (for instance its queue overflowed under `disconnect`).
+    Disconnected,
+    /// A request of this client was refused; the connection goes on.
+    Refused,
+    /// A code this build does not know.
+    Other(u32),
+}
 
-/// A received data frame, borrowing the message it came in.
+impl NoticeCode {
+    fn to_u32(self) -> u32 {
+        match self {
+            NoticeCode::Stopping => 1,
+            NoticeCode::ServerGone => 2,
+            NoticeCode::Disconnected => 3,
+            NoticeCode::Refused => 4,
+            NoticeCode::Other(c) => c,
+        }
+    }
+    fn from_u32(c: u32) -> Self {
+        match c {
+            1 => NoticeCode::Stopping,
+            2 => NoticeCode::ServerGone,
+            3 => NoticeCode::Disconnected,
+            4 => NoticeCode::Refused,
+            c => NoticeCode::Other(c),
+        }
+    }
+}
+
+/// A received frame, borrowing the message it came in.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Frame<'a> {
     /// A whole batch carried in the message.
@@ -51,6 +101,10 @@ pub(crate) enum Frame<'a> {
     Descs(Descs<'a>),
     /// The writer closed the stream.
     End,
+    /// Something the peer must know, and why.
+    Notice(NoticeCode, &'a str),
+    /// Segments the reader is done with.
+    Releases(Ids<'a>),
 }
 
 /// What is wrong with a frame.
@@ -62,55 +116,97 @@ pub enum FrameError {
     /// A kind this build does not know.
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
-    /// The descriptor count does not match the frame's length.
-    #[error("frame announces {count} descriptors but carries {len} bytes")]
+    /// The count does not match the frame's length.
+    #[error("frame announces {count} items but carries {len} bytes")]
     BadCount {
-        /// Descriptors announced.
+        /// Items announced.
         count: u32,
         /// Bytes after the head.
         len: usize,
     },
-    /// A release frame whose length is not a multiple of 4.
-    #[error("release frame of {0} bytes")]
-    BadRelease(usize),
+    /// A notice whose text is not UTF-8.
+    #[error("notice text is not UTF-8")]
+    BadText,
+    /// A frame of a kind this channel does not carry.
+    #[error("unexpected frame kind {0} on this channel")]
+    Unexpected(u8),
+}
+
+impl Frame<'_> {
+    /// The kind byte, for error messages.
+    pub(crate) fn kind(&self) -> u8 {
+        match self {
+            Frame::Inline(_) => KIND_INLINE,
+            Frame::Descs(_) => KIND_DESCS,
+            Frame::End => KIND_END,
+            Frame::Notice(..) => KIND_NOTICE,
+            Frame::Releases(_) => KIND_RELEASES,
+        }
+    }
 }
 
 /// Descriptors read in place from a frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Descs<'a>(&'a [u8]);
 
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
 impl Iterator for Descs<'_> {
     type Item = Desc;
     fn next(&mut self) -> Option<Desc> {
         let (d, rest) = self.0.split_first_chunk::<DESC_LEN>()?;
         self.0 = rest;
-        let (seg, d) = d.split_first_chunk::<4>()?;
-        let (len, seq) = d.split_first_chunk::<4>()?;
-        let seq: [u8; 8] = seq.try_into().ok()?;
-        let seg = u32::from_le_bytes(*seg);
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&d[8..16]);
         Some(Desc {
-            seg: seg & !FRESH,
-            fresh: seg & FRESH != 0,
-            len: u32::from_le_bytes(*len),
+            seg: u32_at(d, 0),
+            len: u32_at(d, 4),
             seq: u64::from_le_bytes(seq),
+            lost: u32_at(d, 16),
+            fresh: u32_at(d, 20) & FLAG_FRESH != 0,
         })
     }
 }
 
-/// Reads a data frame.
+/// Segment ids read in place from a release frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Ids<'a>(&'a [u8]);
+
+impl Iterator for Ids<'_> {
+    type Item = u32;
+    fn next(&mut self) -> Option<u32> {
+        let (id, rest) = self.0.split_first_chunk::<4>()?;
+        self.0 = rest;
+        Some(u32::from_le_bytes(*id))
+    }
+}
+
+/// Reads a frame.
 pub(crate) fn parse(msg: &[u8]) -> Result<Frame<'_>, FrameError> {
     let Some((head, body)) = msg.split_first_chunk::<HEAD_LEN>() else {
         return Err(FrameError::Short(msg.len()));
     };
-    let count = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    let count = u32_at(head, 4);
+    let counted = |item: usize| {
+        if body.len() == count as usize * item {
+            Ok(())
+        } else {
+            Err(FrameError::BadCount {
+                count,
+                len: body.len(),
+            })
+        }
+    };
     match head[0] {
         KIND_INLINE => Ok(Frame::Inline(body)),
-        KIND_DESCS if body.len() == count as usize * DESC_LEN => Ok(Frame::Descs(Descs(body))),
-        KIND_DESCS => Err(FrameError::BadCount {
-            count,
-            len: body.len(),
-        }),
+        KIND_DESCS => counted(DESC_LEN).map(|()| Frame::Descs(Descs(body))),
         KIND_END => Ok(Frame::End),
+        KIND_NOTICE => std::str::from_utf8(body)
+            .map(|text| Frame::Notice(NoticeCode::from_u32(count), text))
+            .map_err(|_| FrameError::BadText),
+        KIND_RELEASES => counted(4).map(|()| Frame::Releases(Ids(body))),
         kind => Err(FrameError::UnknownKind(kind)),
     }
 }
@@ -120,42 +216,91 @@ fn head(kind: u8, count: u32) -> [u8; HEAD_LEN] {
     [kind, 0, 0, 0, c[0], c[1], c[2], c[3]]
 }
 
-/// Starts an inline frame in `out` (cleared first); the caller appends the batch.
-pub(crate) fn start_inline(out: &mut Vec<u8>) {
-    out.clear();
+/// Appends the head of an inline frame; the caller appends the batch.
+pub(crate) fn push_inline_head(out: &mut Vec<u8>) {
     out.extend_from_slice(&head(KIND_INLINE, 0));
 }
 
-/// Writes a descriptor frame into `out` (cleared first).
-pub(crate) fn write_descs(out: &mut Vec<u8>, descs: &[Desc]) {
-    out.clear();
+/// Appends a descriptor frame.
+pub(crate) fn push_descs(out: &mut Vec<u8>, descs: &[Desc]) {
     out.extend_from_slice(&head(KIND_DESCS, descs.len() as u32));
     for d in descs {
-        let seg = if d.fresh { d.seg | FRESH } else { d.seg };
-        out.extend_from_slice(&seg.to_le_bytes());
+        out.extend_from_slice(&d.seg.to_le_bytes());
         out.extend_from_slice(&d.len.to_le_bytes());
         out.extend_from_slice(&d.seq.to_le_bytes());
+        out.extend_from_slice(&d.lost.to_le_bytes());
+        let flags = if d.fresh { FLAG_FRESH } else { 0 };
+        out.extend_from_slice(&flags.to_le_bytes());
     }
 }
 
-/// The end-of-stream frame.
-pub(crate) fn end() -> [u8; HEAD_LEN] {
-    head(KIND_END, 0)
+/// Appends the end-of-stream frame.
+pub(crate) fn push_end(out: &mut Vec<u8>) {
+    out.extend_from_slice(&head(KIND_END, 0));
 }
 
-/// Reads a release frame: the segment ids it names.
-pub(crate) fn parse_releases(msg: &[u8]) -> Result<impl Iterator<Item = u32> + '_, FrameError> {
-    if msg.len() % 4 != 0 {
-        return Err(FrameError::BadRelease(msg.len()));
+/// Appends a notice.
+pub(crate) fn push_notice(out: &mut Vec<u8>, code: NoticeCode, text: &str) {
+    out.extend_from_slice(&head(KIND_NOTICE, code.to_u32()));
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// Appends a release frame naming `ids`.
+pub(crate) fn push_releases(out: &mut Vec<u8>, ids: impl ExactSizeIterator<Item = u32>) {
+    out.extend_from_slice(&head(KIND_RELEASES, ids.len() as u32));
+    for id in ids {
+        out.extend_from_slice(&id.to_le_bytes());
     }
-    Ok(msg
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
 }
 
-/// Appends a segment id to a release frame being built.
-pub(crate) fn push_release(out: &mut Vec<u8>, seg: u32) {
-    out.extend_from_slice(&seg.to_le_bytes());
+/// Room kept in front of a frame for its envelope: the longest varint of a `usize`.
+const ENVELOPE_ROOM: usize = 10;
+
+/// A reusable buffer that builds one frame at a time, plain or enveloped.
+pub(crate) struct FrameBuf {
+    buf: Vec<u8>,
+}
+
+impl Default for FrameBuf {
+    fn default() -> Self {
+        FrameBuf {
+            buf: vec![0; ENVELOPE_ROOM],
+        }
+    }
+}
+
+impl FrameBuf {
+    /// Clears the buffer and returns it for a frame to be appended.
+    pub(crate) fn start(&mut self) -> &mut Vec<u8> {
+        self.buf.truncate(ENVELOPE_ROOM);
+        &mut self.buf
+    }
+
+    /// The frame as built.
+    pub(crate) fn plain(&self) -> &[u8] {
+        &self.buf[ENVELOPE_ROOM..]
+    }
+
+    /// The frame behind its envelope (see the module docs).
+    pub(crate) fn sealed(&mut self) -> &[u8] {
+        let mut n = self.buf.len() - ENVELOPE_ROOM;
+        let mut varint = [0u8; ENVELOPE_ROOM];
+        let mut len = 0;
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                varint[len] = byte;
+                len += 1;
+                break;
+            }
+            varint[len] = byte | 0x80;
+            len += 1;
+        }
+        let at = ENVELOPE_ROOM - len;
+        self.buf[at..ENVELOPE_ROOM].copy_from_slice(&varint[..len]);
+        &self.buf[at..]
+    }
 }
 
 #[cfg(test)]
@@ -170,26 +315,43 @@ mod tests {
                 seg: 3,
                 len: 4096,
                 seq: 9,
+                lost: 2,
                 fresh: true,
             },
             Desc {
-                seg: FRESH - 1,
+                seg: u32::MAX,
                 len: 0,
                 seq: u64::MAX,
+                lost: u32::MAX,
                 fresh: false,
             },
         ];
         let mut buf = Vec::new();
-        write_descs(&mut buf, &descs);
+        push_descs(&mut buf, &descs);
         assert_eq!(buf.len(), HEAD_LEN + 2 * DESC_LEN);
         match parse(&buf).unwrap() {
             Frame::Descs(d) => assert_eq!(d.collect::<Vec<_>>(), descs),
             other => panic!("{other:?}"),
         }
-        assert_eq!(parse(&end()).unwrap(), Frame::End);
-        start_inline(&mut buf);
+        buf.clear();
+        push_end(&mut buf);
+        assert_eq!(parse(&buf).unwrap(), Frame::End);
+        buf.clear();
+        push_inline_head(&mut buf);
         buf.extend_from_slice(b"abc");
         assert_eq!(parse(&buf).unwrap(), Frame::Inline(b"abc"));
+        buf.clear();
+        push_notice(&mut buf, NoticeCode::Disconnected, "queue full");
+        assert_eq!(
+            parse(&buf).unwrap(),
+            Frame::Notice(NoticeCode::Disconnected, "queue full")
+        );
+        buf.clear();
+        push_releases(&mut buf, [7u32, 1].into_iter());
+        match parse(&buf).unwrap() {
+            Frame::Releases(ids) => assert_eq!(ids.collect::<Vec<_>>(), [7, 1]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -205,21 +367,21 @@ mod tests {
                 len: DESC_LEN
             })
         );
-        assert!(parse_releases(&[1, 2, 3]).is_err());
-        let mut rel = Vec::new();
-        push_release(&mut rel, 7);
-        push_release(&mut rel, 1);
-        assert_eq!(parse_releases(&rel).unwrap().collect::<Vec<_>>(), [7, 1]);
+        let mut rel = head(KIND_RELEASES, 1).to_vec();
+        rel.extend_from_slice(&[1, 2, 3]);
+        assert!(parse(&rel).is_err());
+        let mut text = head(KIND_NOTICE, 1).to_vec();
+        text.extend_from_slice(&[0xff, 0xfe]);
+        assert_eq!(parse(&text), Err(FrameError::BadText));
     }
 
     proptest! {
         #[test]
         fn arbitrary_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            if let Ok(Frame::Descs(d)) = parse(&bytes) {
-                prop_assert_eq!(d.count(), (bytes.len() - HEAD_LEN) / DESC_LEN);
-            }
-            if let Ok(ids) = parse_releases(&bytes) {
-                prop_assert_eq!(ids.count(), bytes.len() / 4);
+            match parse(&bytes) {
+                Ok(Frame::Descs(d)) => prop_assert_eq!(d.count(), (bytes.len() - HEAD_LEN) / DESC_LEN),
+                Ok(Frame::Releases(ids)) => prop_assert_eq!(ids.count(), (bytes.len() - HEAD_LEN) / 4),
+                _ => {}
             }
         }
     }

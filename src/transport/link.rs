@@ -25,7 +25,7 @@ use ipc_channel::ipc::{
 use ipc_channel::{IpcError, TryRecvError};
 use serde::{Deserialize, Serialize};
 
-use super::frame::{self, Desc, Frame};
+use super::frame::{self, Desc, Frame, FrameBuf};
 use super::shm::{PoolLimits, Releases, SegmentPool, SegmentTable};
 use super::TransportError;
 use crate::batch::{self, BatchView};
@@ -142,7 +142,7 @@ impl Listener {
             ctrl: hello.ctrl,
             releases: hello.releases,
             pool: SegmentPool::new(options.pool),
-            frame: Vec::new(),
+            frame: FrameBuf::default(),
             descs: Vec::with_capacity(1),
             seq: 0,
             inline_threshold: options.inline_threshold,
@@ -158,7 +158,7 @@ pub(crate) struct LinkWriter {
     releases: IpcBytesReceiver,
     pool: SegmentPool,
     /// Reused for every frame, so that sending allocates nothing once warm.
-    frame: Vec<u8>,
+    frame: FrameBuf,
     descs: Vec<Desc>,
     seq: u64,
     inline_threshold: usize,
@@ -187,9 +187,10 @@ impl LinkWriter {
             self.seq += 1;
             return Ok(());
         }
-        frame::start_inline(&mut self.frame);
-        batch::encode(packets, seq, 0, &mut self.frame)?;
-        self.data.send(&self.frame).map_err(send_err)?;
+        let buf = self.frame.start();
+        frame::push_inline_head(buf);
+        batch::encode(packets, seq, 0, buf)?;
+        self.data.send(self.frame.plain()).map_err(send_err)?;
         self.seq += 1;
         Ok(())
     }
@@ -219,10 +220,11 @@ impl LinkWriter {
             seg: id,
             len: written as u32,
             seq,
+            lost: 0,
             fresh,
         });
-        frame::write_descs(&mut self.frame, &self.descs);
-        self.data.send(&self.frame).map_err(send_err)?;
+        frame::push_descs(self.frame.start(), &self.descs);
+        self.data.send(self.frame.plain()).map_err(send_err)?;
         Ok(true)
     }
 
@@ -230,11 +232,14 @@ impl LinkWriter {
     fn reclaim(&mut self) -> Result<(), TransportError> {
         loop {
             match self.releases.try_recv() {
-                Ok(msg) => {
-                    for id in frame::parse_releases(&msg)? {
-                        self.pool.release(id);
+                Ok(msg) => match frame::parse(&msg)? {
+                    Frame::Releases(ids) => {
+                        for id in ids {
+                            self.pool.release(id);
+                        }
                     }
-                }
+                    other => return Err(frame::FrameError::Unexpected(other.kind()).into()),
+                },
                 Err(TryRecvError::Empty) => return Ok(()),
                 Err(TryRecvError::IpcError(IpcError::Disconnected)) => {
                     return Err(TransportError::Disconnected)
@@ -250,7 +255,8 @@ impl LinkWriter {
             return Ok(());
         }
         self.closed = true;
-        self.data.send(&frame::end()).map_err(send_err)
+        frame::push_end(self.frame.start());
+        self.data.send(self.frame.plain()).map_err(send_err)
     }
 }
 
@@ -279,7 +285,7 @@ pub(crate) struct LinkReader {
     pub incoming: mpsc::Receiver<Incoming>,
     releases: Arc<Releases>,
     release_tx: IpcBytesSender,
-    release_frame: Vec<u8>,
+    release_frame: FrameBuf,
 }
 
 impl LinkReader {
@@ -347,16 +353,15 @@ impl LinkReader {
             incoming,
             releases,
             release_tx,
-            release_frame: Vec::new(),
+            release_frame: FrameBuf::default(),
         })
     }
 
     /// Sends the writer every segment released since the last call (one message, or none).
     pub(crate) fn flush_releases(&mut self) {
-        self.releases.take(&mut self.release_frame);
-        if !self.release_frame.is_empty() {
+        if self.releases.take_into(self.release_frame.start()) {
             // A writer that is gone needs no releases; the data channel reports its end.
-            let _ = self.release_tx.send(&self.release_frame);
+            let _ = self.release_tx.send(self.release_frame.plain());
         }
     }
 }
@@ -437,6 +442,7 @@ fn receive(
             out.send(Incoming::End);
             Ok(false)
         }
+        other => Err(frame::FrameError::Unexpected(other.kind()).into()),
     }
 }
 

@@ -17,8 +17,8 @@ use super::frame;
 
 /// The smallest segment created; batches smaller than this share nothing but its size.
 pub(crate) const MIN_SEGMENT: usize = 64 * 1024;
-/// The most segment ids a reader accepts.
-pub(crate) const MAX_SEGMENT_ID: u32 = 4096;
+/// The most segments a reader maps at once.
+pub(crate) const MAX_MAPPED: usize = 1 << 16;
 
 struct Segment {
     shm: IpcSharedMemory,
@@ -89,6 +89,19 @@ impl SegmentPool {
         known
     }
 
+    /// True when [`SegmentPool::acquire`] would give a segment for `len` bytes.
+    pub(crate) fn can_acquire(&self, len: usize) -> bool {
+        let size = len.max(MIN_SEGMENT).next_power_of_two();
+        let fits = |id: &u32| self.segs[*id as usize].shm.len() >= len;
+        let replaceable = |id: &u32| {
+            self.bytes - self.segs[*id as usize].shm.len() + size <= self.limits.max_bytes
+        };
+        self.free.iter().any(fits)
+            || (self.segs.len() < self.limits.max_segments
+                && self.bytes.saturating_add(size) <= self.limits.max_bytes)
+            || self.free.iter().any(replaceable)
+    }
+
     /// A segment of at least `len` bytes that the reader does not hold, or `None` when
     /// every segment is out and no more may be created.
     pub(crate) fn acquire(&mut self, len: usize) -> Option<Acquired<'_>> {
@@ -103,7 +116,8 @@ impl SegmentPool {
             return Some(self.writable(id, None));
         }
         // Grow: a new segment, or a free one too small replaced by a larger one.
-        if self.segs.len() < self.limits.max_segments && self.bytes + size <= self.limits.max_bytes
+        if self.segs.len() < self.limits.max_segments
+            && self.bytes.saturating_add(size) <= self.limits.max_bytes
         {
             let id = u32::try_from(self.segs.len()).ok()?;
             // The mapping that wrote the zeros keeps its pages: the writer writes through
@@ -146,21 +160,24 @@ impl SegmentPool {
 /// Where released segment ids wait until they are sent back to the writer.
 #[derive(Default)]
 pub(crate) struct Releases {
-    ids: Mutex<Vec<u8>>,
+    ids: Mutex<Vec<u32>>,
 }
 
 impl Releases {
     /// Queues a segment id for release.
     pub(crate) fn push(&self, id: u32) {
-        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
-        frame::push_release(&mut ids, id);
+        self.ids.lock().unwrap_or_else(|e| e.into_inner()).push(id);
     }
 
-    /// Takes what is queued as one release frame (empty when nothing is).
-    pub(crate) fn take(&self, into: &mut Vec<u8>) {
-        into.clear();
+    /// Appends a release frame of everything queued to `out`, emptying the queue; false
+    /// (and nothing appended) when nothing is queued.
+    pub(crate) fn take_into(&self, out: &mut Vec<u8>) -> bool {
         let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::swap(&mut *ids, into);
+        if ids.is_empty() {
+            return false;
+        }
+        frame::push_releases(out, ids.drain(..));
+        true
     }
 }
 
@@ -197,8 +214,8 @@ pub enum SegmentError {
     /// A descriptor names a segment the writer never announced.
     #[error("descriptor names unknown segment {0}")]
     Unknown(u32),
-    /// A segment id beyond what a reader accepts.
-    #[error("segment id {0} is out of range")]
+    /// More segments than a reader maps.
+    #[error("segment {0} would exceed the number of segments a reader maps")]
     OutOfRange(u32),
     /// A descriptor's length runs past the end of its segment.
     #[error("descriptor of {len} bytes overruns segment {seg} of {size} bytes")]
@@ -215,20 +232,16 @@ pub enum SegmentError {
 /// The reader's mappings of the writer's segments.
 #[derive(Default)]
 pub(crate) struct SegmentTable {
-    segs: Vec<Option<Arc<IpcSharedMemory>>>,
+    segs: std::collections::HashMap<u32, Arc<IpcSharedMemory>>,
 }
 
 impl SegmentTable {
     /// Records (or replaces) a segment the writer announced.
     pub(crate) fn insert(&mut self, id: u32, shm: IpcSharedMemory) -> Result<(), SegmentError> {
-        if id >= MAX_SEGMENT_ID {
+        if self.segs.len() >= MAX_MAPPED && !self.segs.contains_key(&id) {
             return Err(SegmentError::OutOfRange(id));
         }
-        let i = id as usize;
-        if self.segs.len() <= i {
-            self.segs.resize(i + 1, None);
-        }
-        self.segs[i] = Some(Arc::new(shm));
+        self.segs.insert(id, Arc::new(shm));
         Ok(())
     }
 
@@ -238,11 +251,7 @@ impl SegmentTable {
         d: &frame::Desc,
         releases: &Arc<Releases>,
     ) -> Result<Lease, SegmentError> {
-        let seg = self
-            .segs
-            .get(d.seg as usize)
-            .and_then(Option::as_ref)
-            .ok_or(SegmentError::Unknown(d.seg))?;
+        let seg = self.segs.get(&d.seg).ok_or(SegmentError::Unknown(d.seg))?;
         if d.len as usize > seg.len() {
             return Err(SegmentError::Overrun {
                 seg: d.seg,
@@ -273,11 +282,13 @@ mod tests {
     #[test]
     fn segments_are_created_once_and_reused() {
         let mut pool = SegmentPool::new(limits(2, 1 << 20));
+        assert!(pool.can_acquire(100));
         let a = pool.acquire(100).unwrap();
         assert_eq!((a.id, a.buf.len()), (0, MIN_SEGMENT));
         assert!(a.announce.is_some());
         let b = pool.acquire(100).unwrap();
         assert_eq!(b.id, 1);
+        assert!(!pool.can_acquire(100));
         assert!(pool.acquire(100).is_none(), "both segments are out");
         assert!(pool.release(0));
         assert!(!pool.release(0), "a double release is refused");
@@ -300,6 +311,7 @@ mod tests {
         assert_eq!((big.id, big.buf.len()), (0, 512 * 1024));
         assert!(big.announce.is_some());
         pool.release(0);
+        assert!(!pool.can_acquire(2 << 20));
         assert!(
             pool.acquire(2 << 20).is_none(),
             "over the byte limit: inline"
@@ -317,6 +329,7 @@ mod tests {
             seg,
             len,
             seq: 0,
+            lost: 0,
             fresh: false,
         };
         assert_eq!(
@@ -327,15 +340,15 @@ mod tests {
             table.lease(&d(2, 5), &releases),
             Err(SegmentError::Overrun { .. })
         ));
-        assert_eq!(
-            table.insert(MAX_SEGMENT_ID, IpcSharedMemory::from_bytes(&[1])),
-            Err(SegmentError::OutOfRange(MAX_SEGMENT_ID))
-        );
         let lease = table.lease(&d(2, 3), &releases).unwrap();
         assert_eq!(lease.bytes(), &[1, 2, 3]);
         drop(lease);
-        let mut frame = Vec::new();
-        releases.take(&mut frame);
-        assert_eq!(frame, 2u32.to_le_bytes());
+        let mut buf = Vec::new();
+        assert!(releases.take_into(&mut buf));
+        match frame::parse(&buf).unwrap() {
+            frame::Frame::Releases(ids) => assert_eq!(ids.collect::<Vec<_>>(), [2]),
+            other => panic!("{other:?}"),
+        }
+        assert!(!releases.take_into(&mut buf), "the queue was emptied");
     }
 }

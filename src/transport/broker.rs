@@ -1,0 +1,774 @@
+//! The broker's channels: bootstrap, the daemon's poller, and the four channel ends.
+//!
+//! # Bootstrap
+//!
+//! A client creates its own one-shot server inside the server's spool directory
+//! ([`listen_in`]) and drops a request naming it there (`crate::broker::spool`); the
+//! daemon validates the request, connects ([`connect_pending`]) and, once the client is
+//! registered, sends the welcome that carries every channel the client needs. The daemon
+//! never waits on a client; a client waits for its welcome with a timeout.
+//!
+//! # Channels
+//!
+//! ```text
+//! producer --data (descriptors)--------> daemon --data (descriptors)--------> subscriber
+//! producer --ctrl (segments, typed)----> daemon --ctrl (segments, typed)----> subscriber
+//! producer <--back (releases, notices)-- daemon <--releases------------------ subscriber
+//! ```
+//!
+//! The daemon reads every channel of a server from one [`Poller`], which needs typed
+//! receivers; writers send raw frames in an envelope that makes them a valid encoding of
+//! a byte buffer (see [`super::frame`]). A channel is made raw at one end and typed at the
+//! other by declaring it so in the two views of the welcome ([`WelcomeOut`] is what the
+//! daemon serializes, [`WelcomeIn`] what the client deserializes): both encode a channel
+//! as the same index into the message's file descriptors.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use ipc_channel::ipc::{
+    self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcReceiverSet,
+    IpcSelectionResult, IpcSender, IpcSharedMemory,
+};
+use ipc_channel::{IpcError, TryRecvError, TrySelectError};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use super::frame::{self, Desc, Frame, FrameBuf, NoticeCode};
+use super::shm::{Lease, PoolLimits, Releases, SegmentPool, SegmentTable};
+use super::TransportError;
+use crate::batch;
+use crate::packet::AsIpcPacket;
+
+/// Version of the broker protocol; a welcome of another version is refused.
+const PROTOCOL: u32 = 1;
+
+/// What a client learns of its server in the welcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct WireInfo {
+    /// The server's name.
+    pub name: String,
+    /// pcap link type of its packets.
+    pub linktype: u32,
+    /// Longest captured length.
+    pub snaplen: u32,
+    /// Largest batch a producer may send, in bytes.
+    pub max_batch_bytes: u64,
+}
+
+/// A shared-memory segment announced on a control channel.
+#[derive(Serialize, Deserialize)]
+struct SegAnnounce {
+    id: u32,
+    shm: IpcSharedMemory,
+}
+
+/// The welcome as the daemon writes it.
+#[derive(Serialize, Deserialize)]
+enum WelcomeOut {
+    Subscriber {
+        version: u32,
+        id: u64,
+        info: WireInfo,
+        data: IpcBytesReceiver,
+        ctrl: IpcReceiver<SegAnnounce>,
+        releases: IpcSender<ByteBuf>,
+    },
+    Producer {
+        version: u32,
+        id: u64,
+        info: WireInfo,
+        segments: u32,
+        data: IpcSender<ByteBuf>,
+        ctrl: IpcSender<SegAnnounce>,
+        back: IpcBytesReceiver,
+    },
+    Refused(String),
+    /// Sent by a client to its own one-shot server to stop waiting.
+    Abort,
+}
+
+/// The welcome as a client reads it: the same layout, the punned channels typed for this
+/// end (see the module docs).
+#[derive(Serialize, Deserialize)]
+enum WelcomeIn {
+    Subscriber {
+        version: u32,
+        id: u64,
+        info: WireInfo,
+        data: IpcReceiver<ByteBuf>,
+        ctrl: IpcReceiver<SegAnnounce>,
+        releases: IpcBytesSender,
+    },
+    Producer {
+        version: u32,
+        id: u64,
+        info: WireInfo,
+        segments: u32,
+        data: IpcBytesSender,
+        ctrl: IpcSender<SegAnnounce>,
+        back: IpcReceiver<ByteBuf>,
+    },
+    Refused(String),
+    Abort,
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> TransportError {
+    move |source| TransportError::Io { what, source }
+}
+
+fn ipc_err(what: &'static str, e: IpcError) -> TransportError {
+    match e {
+        IpcError::Disconnected => TransportError::Disconnected,
+        IpcError::Io(source) => TransportError::Io { what, source },
+        IpcError::SerializationError(e) => TransportError::Protocol(format!("{what}: {e}")),
+    }
+}
+
+fn send_err(e: io::Error) -> TransportError {
+    match e.kind() {
+        io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::NotConnected => TransportError::Disconnected,
+        _ => TransportError::Io {
+            what: "sending a frame",
+            source: e,
+        },
+    }
+}
+
+fn bad_frame(kind: u8) -> TransportError {
+    frame::FrameError::Unexpected(kind).into()
+}
+
+// ---------------------------------------------------------------------------------------
+// Client side: bootstrap.
+
+/// Serializes the processes' changes of `TMPDIR` (see [`listen_in`]).
+static TMPDIR_LOCK: Mutex<()> = Mutex::new(());
+
+/// A one-shot server inside a spool directory, waiting for the daemon's welcome.
+pub(crate) struct Awaiting {
+    name: String,
+    welcome: mpsc::Receiver<Result<WelcomeIn, IpcError>>,
+}
+
+/// Creates a one-shot server whose socket lies in `dir` (a fresh `.tmpXXXXXX` directory
+/// in it), so that a daemon with a private `/tmp` can reach it.
+///
+/// ipc-channel places one-shot sockets under `$TMPDIR`; it is pointed at `dir` for the
+/// moment of creation, under a lock that serializes this crate's own connections. (A
+/// program that reads `TMPDIR` from another thread at that very moment may see `dir`.)
+pub(crate) fn listen_in(dir: &Path) -> Result<Awaiting, TransportError> {
+    let (server, name) = {
+        let _guard = TMPDIR_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let saved = std::env::var_os("TMPDIR");
+        // SAFETY (of intent; the call itself is safe in edition 2021): see above.
+        std::env::set_var("TMPDIR", dir);
+        let made = IpcOneShotServer::<WelcomeIn>::new();
+        match saved {
+            Some(v) => std::env::set_var("TMPDIR", v),
+            None => std::env::remove_var("TMPDIR"),
+        }
+        made.map_err(io_err("creating the bootstrap socket"))?
+    };
+    // The daemon may run as another user: let it through the directory and into the
+    // socket. The spool directory's own mode keeps everyone else out.
+    let socket = Path::new(&name);
+    if let Some(parent) = socket.parent() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))
+            .map_err(io_err("opening the bootstrap directory to the daemon"))?;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o777))
+            .map_err(io_err("opening the bootstrap socket to the daemon"))?;
+    }
+    let (tx, welcome) = mpsc::channel();
+    thread::Builder::new()
+        .name("packet-ipc-bootstrap".into())
+        .spawn(move || {
+            let _ = tx.send(server.accept().map(|(_, w)| w));
+        })
+        .map_err(io_err("starting the bootstrap thread"))?;
+    Ok(Awaiting { name, welcome })
+}
+
+/// Why a bootstrap did not give a connection.
+#[derive(Debug)]
+pub(crate) enum BootstrapError {
+    /// No welcome within the timeout.
+    NoAnswer,
+    /// The daemon refused, saying why.
+    Refused(String),
+    /// The welcome was not of the expected kind or version, or the link failed.
+    Transport(TransportError),
+}
+
+impl From<TransportError> for BootstrapError {
+    fn from(e: TransportError) -> Self {
+        BootstrapError::Transport(e)
+    }
+}
+
+impl Awaiting {
+    /// The socket path to name in the request.
+    pub(crate) fn socket(&self) -> &str {
+        &self.name
+    }
+
+    fn wait(self, timeout: Duration) -> Result<WelcomeIn, BootstrapError> {
+        let got = match self.welcome.recv_timeout(timeout) {
+            Ok(got) => got,
+            Err(_) => {
+                // Unblock our own accept: connect and say we give up. If the daemon's
+                // welcome won the race, take it after all.
+                if let Ok(tx) = IpcSender::<WelcomeIn>::connect(self.name.clone()) {
+                    let _ = tx.send(WelcomeIn::Abort);
+                }
+                self.welcome
+                    .recv_timeout(Duration::from_secs(5))
+                    .map_err(|_| BootstrapError::NoAnswer)?
+            }
+        };
+        match got {
+            Ok(WelcomeIn::Abort) => Err(BootstrapError::NoAnswer),
+            Ok(WelcomeIn::Refused(why)) => Err(BootstrapError::Refused(why)),
+            Ok(w) => Ok(w),
+            Err(e) => Err(ipc_err("receiving the welcome", e).into()),
+        }
+    }
+
+    /// Waits for a producer's welcome.
+    pub(crate) fn producer(self, timeout: Duration) -> Result<ProducerConn, BootstrapError> {
+        match self.wait(timeout)? {
+            WelcomeIn::Producer {
+                version: PROTOCOL,
+                id,
+                info,
+                segments,
+                data,
+                ctrl,
+                back,
+            } => Ok(ProducerConn {
+                id,
+                pool: SegmentPool::new(PoolLimits {
+                    max_segments: segments.max(1) as usize,
+                    max_bytes: usize::MAX,
+                }),
+                info,
+                data,
+                ctrl,
+                back,
+                frame: FrameBuf::default(),
+                descs: Vec::with_capacity(1),
+                seq: 0,
+            }),
+            _ => Err(TransportError::Protocol("expected a producer welcome".into()).into()),
+        }
+    }
+
+    /// Waits for a subscriber's welcome.
+    pub(crate) fn subscriber(self, timeout: Duration) -> Result<SubscriberConn, BootstrapError> {
+        match self.wait(timeout)? {
+            WelcomeIn::Subscriber {
+                version: PROTOCOL,
+                id,
+                info,
+                data,
+                ctrl,
+                releases,
+            } => Ok(SubscriberConn {
+                id,
+                info,
+                data,
+                ctrl,
+                release_tx: releases,
+                table: SegmentTable::default(),
+                releases: Arc::new(Releases::default()),
+                frame: FrameBuf::default(),
+                pending: std::collections::VecDeque::new(),
+            }),
+            _ => Err(TransportError::Protocol("expected a subscriber welcome".into()).into()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Client side: connections.
+
+/// A producer's connection to the daemon.
+pub(crate) struct ProducerConn {
+    /// The id the daemon gave this producer.
+    pub id: u64,
+    /// The server.
+    pub info: WireInfo,
+    data: IpcBytesSender,
+    ctrl: IpcSender<SegAnnounce>,
+    back: IpcReceiver<ByteBuf>,
+    pool: SegmentPool,
+    frame: FrameBuf,
+    descs: Vec<Desc>,
+    seq: u64,
+}
+
+/// Something the daemon told a producer.
+#[derive(Debug)]
+pub(crate) enum ProducerNotice {
+    /// The daemon is stopping.
+    Stopping,
+    /// The server is gone.
+    ServerGone,
+    /// The daemon cut this producer off or refused a batch.
+    Refused(String),
+}
+
+impl ProducerConn {
+    /// Writes the batch into a free segment and sends its descriptor. When every segment
+    /// is held by subscribers, waits for one to come back (that is how `block` paces the
+    /// producer). A notice from the daemon is returned instead of sending.
+    pub(crate) fn send<T: AsIpcPacket>(
+        &mut self,
+        packets: &[T],
+    ) -> Result<Option<ProducerNotice>, TransportError> {
+        if let Some(notice) = self.drain_back(false)? {
+            return Ok(Some(notice));
+        }
+        let len = batch::encoded_len(packets);
+        while !self.pool.can_acquire(len) {
+            if let Some(notice) = self.drain_back(true)? {
+                return Ok(Some(notice));
+            }
+        }
+        let Some(seg) = self.pool.acquire(len) else {
+            return Err(TransportError::Protocol("segment pool inconsistent".into()));
+        };
+        let written = batch::encode_into(packets, self.seq, 0, seg.buf)?;
+        let (id, fresh) = (seg.id, seg.announce.is_some());
+        if let Some(shm) = seg.announce {
+            self.ctrl
+                .send(SegAnnounce { id, shm })
+                .map_err(|e| ipc_err("announcing a segment", e))?;
+        }
+        self.descs.clear();
+        self.descs.push(Desc {
+            seg: id,
+            len: written as u32,
+            seq: self.seq,
+            lost: 0,
+            fresh,
+        });
+        frame::push_descs(self.frame.start(), &self.descs);
+        self.data.send(self.frame.sealed()).map_err(send_err)?;
+        self.seq += 1;
+        Ok(None)
+    }
+
+    /// Reads what the daemon sent back: releases go to the pool, a notice is returned.
+    /// With `block`, waits for at least one message.
+    fn drain_back(&mut self, block: bool) -> Result<Option<ProducerNotice>, TransportError> {
+        let mut block = block;
+        loop {
+            let msg = if block {
+                block = false;
+                self.back
+                    .recv()
+                    .map_err(|e| ipc_err("reading releases", e))?
+            } else {
+                match self.back.try_recv() {
+                    Ok(msg) => msg,
+                    Err(TryRecvError::Empty) => return Ok(None),
+                    Err(TryRecvError::IpcError(e)) => return Err(ipc_err("reading releases", e)),
+                }
+            };
+            match frame::parse(&msg)? {
+                Frame::Releases(ids) => {
+                    for id in ids {
+                        self.pool.release(id);
+                    }
+                }
+                Frame::Notice(code, text) => {
+                    return Ok(Some(match code {
+                        NoticeCode::Stopping => ProducerNotice::Stopping,
+                        NoticeCode::ServerGone => ProducerNotice::ServerGone,
+                        _ => ProducerNotice::Refused(text.to_owned()),
+                    }));
+                }
+                other => return Err(bad_frame(other.kind())),
+            }
+        }
+    }
+}
+
+/// What a subscriber receives.
+pub(crate) enum SubEvent {
+    /// A batch and its descriptor.
+    Batch(Lease, Desc),
+    /// Something the daemon must tell it.
+    Notice(NoticeCode, String),
+    /// Nothing within the timeout.
+    Timeout,
+}
+
+/// A subscriber's connection to the daemon.
+pub(crate) struct SubscriberConn {
+    /// The id the daemon gave this subscriber.
+    pub id: u64,
+    /// The server.
+    pub info: WireInfo,
+    data: IpcReceiver<ByteBuf>,
+    ctrl: IpcReceiver<SegAnnounce>,
+    release_tx: IpcBytesSender,
+    table: SegmentTable,
+    releases: Arc<Releases>,
+    frame: FrameBuf,
+    /// Descriptors of a received frame not handed out yet.
+    pending: std::collections::VecDeque<Desc>,
+}
+
+impl SubscriberConn {
+    /// The next batch or notice; `None` waits without limit.
+    pub(crate) fn next(&mut self, timeout: Option<Duration>) -> Result<SubEvent, TransportError> {
+        self.flush_releases()?;
+        loop {
+            if let Some(d) = self.pending.pop_front() {
+                if d.fresh {
+                    self.wait_announcement(d.seg)?;
+                }
+                let lease = self.table.lease(&d, &self.releases)?;
+                return Ok(SubEvent::Batch(lease, d));
+            }
+            let msg = match timeout {
+                None => self.data.recv().map_err(|e| ipc_err("receiving", e))?,
+                Some(t) => match self.data.try_recv_timeout(t) {
+                    Ok(msg) => msg,
+                    Err(TryRecvError::Empty) => return Ok(SubEvent::Timeout),
+                    Err(TryRecvError::IpcError(e)) => return Err(ipc_err("receiving", e)),
+                },
+            };
+            match frame::parse(&msg)? {
+                Frame::Descs(descs) => self.pending.extend(descs),
+                Frame::Notice(code, text) => return Ok(SubEvent::Notice(code, text.to_owned())),
+                other => return Err(bad_frame(other.kind())),
+            }
+        }
+    }
+
+    /// Sends the daemon every segment released since the last call.
+    pub(crate) fn flush_releases(&mut self) -> Result<(), TransportError> {
+        if self.releases.take_into(self.frame.start()) {
+            self.release_tx
+                .send(self.frame.sealed())
+                .map_err(send_err)?;
+        }
+        Ok(())
+    }
+
+    fn wait_announcement(&mut self, seg: u32) -> Result<(), TransportError> {
+        loop {
+            match self.ctrl.try_recv_timeout(Duration::from_secs(5)) {
+                Ok(SegAnnounce { id, shm }) => {
+                    self.table.insert(id, shm)?;
+                    if id == seg {
+                        return Ok(());
+                    }
+                }
+                Err(TryRecvError::Empty) => {
+                    return Err(super::shm::SegmentError::Unknown(seg).into())
+                }
+                Err(TryRecvError::IpcError(e)) => {
+                    return Err(ipc_err("reading a segment announcement", e))
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Daemon side.
+
+/// A client the daemon has connected to, waiting for its welcome.
+pub(crate) struct Pending {
+    tx: IpcSender<WelcomeOut>,
+}
+
+/// Connects to the one-shot server a client named in its request. Never waits on the
+/// client: the socket is listening (or refuses at once) and the welcome is small.
+pub(crate) fn connect_pending(socket: &Path) -> Result<Pending, TransportError> {
+    let name = socket.to_string_lossy().into_owned();
+    let tx = IpcSender::connect(name.clone())
+        .map_err(|source| TransportError::Connect { name, source })?;
+    Ok(Pending { tx })
+}
+
+/// A shared-memory segment received from a producer, as the daemon holds it.
+#[derive(Clone)]
+pub(crate) struct SharedSegment(Arc<IpcSharedMemory>);
+
+impl SharedSegment {
+    /// The segment's bytes (the daemon reads batch headers only).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Which channel an event came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Token {
+    /// The poller's own wake-up channel.
+    Wake,
+    /// A producer's descriptors.
+    ProducerData(u64),
+    /// A producer's segment announcements.
+    ProducerCtrl(u64),
+    /// A subscriber's releases.
+    SubscriberReleases(u64),
+}
+
+/// What the poller saw.
+pub(crate) enum Event {
+    /// Someone called [`Waker::wake`].
+    Wake,
+    /// A frame (descriptors or releases); parse it with [`parse_frame`].
+    Frame(Token, Vec<u8>),
+    /// A producer announced a segment.
+    Segment(Token, u32, SharedSegment),
+    /// The channel closed: its peer is gone.
+    Closed(Token),
+    /// The peer sent something that is not a message of this channel.
+    Malformed(Token, String),
+}
+
+/// Reads a frame received by the poller.
+pub(crate) fn parse_frame(bytes: &[u8]) -> Result<Frame<'_>, TransportError> {
+    Ok(frame::parse(bytes)?)
+}
+
+/// Wakes a [`Poller`] from another thread.
+#[derive(Clone)]
+pub(crate) struct Waker(IpcSender<()>);
+
+impl Waker {
+    /// Wakes the poller (it returns [`Event::Wake`]).
+    pub(crate) fn wake(&self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// Every channel the daemon reads for one server, in one set.
+pub(crate) struct Poller {
+    set: IpcReceiverSet,
+    tokens: HashMap<u64, Token>,
+}
+
+impl Poller {
+    /// A new poller and its waker.
+    pub(crate) fn new() -> Result<(Poller, Waker), TransportError> {
+        let mut set = IpcReceiverSet::new().map_err(io_err("creating a receiver set"))?;
+        let (tx, rx) = ipc::channel::<()>().map_err(io_err("creating a channel"))?;
+        let mut tokens = HashMap::new();
+        let id = set.add(rx).map_err(io_err("adding to a receiver set"))?;
+        tokens.insert(id, Token::Wake);
+        Ok((Poller { set, tokens }, Waker(tx)))
+    }
+
+    fn add<T>(&mut self, rx: IpcReceiver<T>, token: Token) -> Result<(), TransportError>
+    where
+        T: for<'de> Deserialize<'de> + Serialize,
+    {
+        let id = self
+            .set
+            .add(rx)
+            .map_err(io_err("adding to a receiver set"))?;
+        self.tokens.insert(id, token);
+        Ok(())
+    }
+
+    /// Waits up to `timeout` and appends what happened to `out`.
+    pub(crate) fn wait(
+        &mut self,
+        timeout: Duration,
+        out: &mut Vec<Event>,
+    ) -> Result<(), TransportError> {
+        let results = match self.set.try_select_timeout(timeout) {
+            Ok(results) => results,
+            Err(TrySelectError::Empty) => return Ok(()),
+            Err(TrySelectError::IoError(source)) => {
+                return Err(TransportError::Io {
+                    what: "waiting for clients",
+                    source,
+                })
+            }
+        };
+        for result in results {
+            match result {
+                IpcSelectionResult::MessageReceived(id, msg) => {
+                    let Some(&token) = self.tokens.get(&id) else {
+                        continue;
+                    };
+                    out.push(match token {
+                        Token::Wake => Event::Wake,
+                        Token::ProducerCtrl(_) => match msg.to::<SegAnnounce>() {
+                            Ok(SegAnnounce { id, shm }) => {
+                                Event::Segment(token, id, SharedSegment(Arc::new(shm)))
+                            }
+                            Err(e) => Event::Malformed(token, e.to_string()),
+                        },
+                        _ => match msg.to::<ByteBuf>() {
+                            Ok(bytes) => Event::Frame(token, bytes.into_vec()),
+                            Err(e) => Event::Malformed(token, e.to_string()),
+                        },
+                    });
+                }
+                IpcSelectionResult::ChannelClosed(id) => {
+                    if let Some(token) = self.tokens.remove(&id) {
+                        out.push(Event::Closed(token));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The daemon's end of a subscriber.
+pub(crate) struct SubscriberEnd {
+    data: IpcBytesSender,
+    ctrl: IpcSender<SegAnnounce>,
+    frame: FrameBuf,
+}
+
+/// The daemon's end of a producer.
+pub(crate) struct ProducerEnd {
+    back: IpcBytesSender,
+    frame: FrameBuf,
+}
+
+impl Pending {
+    /// Registers a subscriber's channels with the poller and welcomes it.
+    pub(crate) fn accept_subscriber(
+        self,
+        id: u64,
+        info: &WireInfo,
+        poller: &mut Poller,
+    ) -> Result<SubscriberEnd, TransportError> {
+        let (data_tx, data_rx) = ipc::bytes_channel().map_err(io_err("creating a channel"))?;
+        let (ctrl_tx, ctrl_rx) = ipc::channel().map_err(io_err("creating a channel"))?;
+        let (rel_tx, rel_rx) = ipc::channel::<ByteBuf>().map_err(io_err("creating a channel"))?;
+        poller.add(rel_rx, Token::SubscriberReleases(id))?;
+        self.tx
+            .send(WelcomeOut::Subscriber {
+                version: PROTOCOL,
+                id,
+                info: info.clone(),
+                data: data_rx,
+                ctrl: ctrl_rx,
+                releases: rel_tx,
+            })
+            .map_err(|e| ipc_err("welcoming a subscriber", e))?;
+        Ok(SubscriberEnd {
+            data: data_tx,
+            ctrl: ctrl_tx,
+            frame: FrameBuf::default(),
+        })
+    }
+
+    /// Registers a producer's channels with the poller and welcomes it; it may keep
+    /// `segments` shared-memory segments.
+    pub(crate) fn accept_producer(
+        self,
+        id: u64,
+        info: &WireInfo,
+        segments: u32,
+        poller: &mut Poller,
+    ) -> Result<ProducerEnd, TransportError> {
+        let (data_tx, data_rx) = ipc::channel::<ByteBuf>().map_err(io_err("creating a channel"))?;
+        let (ctrl_tx, ctrl_rx) = ipc::channel().map_err(io_err("creating a channel"))?;
+        let (back_tx, back_rx) = ipc::bytes_channel().map_err(io_err("creating a channel"))?;
+        poller.add(data_rx, Token::ProducerData(id))?;
+        poller.add(ctrl_rx, Token::ProducerCtrl(id))?;
+        self.tx
+            .send(WelcomeOut::Producer {
+                version: PROTOCOL,
+                id,
+                info: info.clone(),
+                segments,
+                data: data_tx,
+                ctrl: ctrl_tx,
+                back: back_rx,
+            })
+            .map_err(|e| ipc_err("welcoming a producer", e))?;
+        Ok(ProducerEnd {
+            back: back_tx,
+            frame: FrameBuf::default(),
+        })
+    }
+
+    /// Tells the client why it is not let in.
+    pub(crate) fn refuse(self, reason: &str) {
+        let _ = self.tx.send(WelcomeOut::Refused(reason.to_owned()));
+    }
+}
+
+impl SubscriberEnd {
+    /// Passes a segment to the subscriber (before the first descriptor naming it).
+    pub(crate) fn announce(&mut self, id: u32, seg: &SharedSegment) -> Result<(), TransportError> {
+        self.ctrl
+            .send(SegAnnounce {
+                id,
+                shm: (*seg.0).clone(),
+            })
+            .map_err(|e| ipc_err("announcing a segment", e))
+    }
+
+    /// Sends descriptors, all in one message.
+    pub(crate) fn deliver(&mut self, descs: &[Desc]) -> Result<(), TransportError> {
+        frame::push_descs(self.frame.start(), descs);
+        self.data.send(self.frame.sealed()).map_err(send_err)
+    }
+
+    /// Tells the subscriber something out of band.
+    pub(crate) fn notice(&mut self, code: NoticeCode, text: &str) -> Result<(), TransportError> {
+        frame::push_notice(self.frame.start(), code, text);
+        self.data.send(self.frame.sealed()).map_err(send_err)
+    }
+}
+
+impl ProducerEnd {
+    /// Gives segments back to the producer, all in one message.
+    pub(crate) fn release(&mut self, ids: &[u32]) -> Result<(), TransportError> {
+        frame::push_releases(self.frame.start(), ids.iter().copied());
+        self.back.send(self.frame.sealed()).map_err(send_err)
+    }
+
+    /// Tells the producer something out of band.
+    pub(crate) fn notice(&mut self, code: NoticeCode, text: &str) -> Result<(), TransportError> {
+        frame::push_notice(self.frame.start(), code, text);
+        self.back.send(self.frame.sealed()).map_err(send_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_enveloped_raw_frame_reads_as_a_typed_byte_buffer() {
+        // The daemon's trick, in one process: a raw sender whose receiver is re-typed by
+        // travelling through a channel declared with the typed receiver.
+        let (carrier_tx, carrier_rx) = ipc::channel::<IpcReceiver<ByteBuf>>().unwrap();
+        let carrier_tx: IpcSender<IpcBytesReceiver> = carrier_tx.to_opaque().to();
+        let (raw_tx, raw_rx) = ipc::bytes_channel().unwrap();
+        carrier_tx.send(raw_rx).unwrap();
+        let typed = carrier_rx.recv().unwrap();
+        for len in [0usize, 1, 127, 128, 300, 20_000] {
+            let mut fb = FrameBuf::default();
+            fb.start().extend(std::iter::repeat_n(0xAB, len));
+            raw_tx.send(fb.sealed()).unwrap();
+            let got = typed.recv().unwrap();
+            assert_eq!(got.as_slice(), fb.plain());
+        }
+    }
+}
