@@ -110,3 +110,187 @@ pub fn assert_same_packets(got: &[Packet], want: &[Packet]) {
         assert_eq!(g.timestamp(), w.timestamp(), "timestamp of packet {i}");
     }
 }
+
+/// The daemon binary.
+pub fn daemon_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_packet-ipcd")
+}
+
+/// A `packet-ipcd` running in a temporary runtime directory, stopped (SIGKILL) on drop.
+pub struct Daemon {
+    /// The daemon process.
+    pub child: Option<Child>,
+    /// Holds the runtime directory (and the config file).
+    pub dir: tempfile::TempDir,
+    /// Where its log goes.
+    pub log: std::path::PathBuf,
+}
+
+impl Daemon {
+    /// Starts a daemon on `config` (TOML text; `None`: the embedded default) and waits
+    /// until its rendezvous file is written.
+    pub fn start(config: Option<&str>) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("pipc")
+            .tempdir_in("/tmp")
+            .expect("a temporary runtime directory");
+        Daemon::start_in(dir, config)
+    }
+
+    /// Starts a daemon in an existing directory (for restarts over what was left).
+    pub fn start_in(dir: tempfile::TempDir, config: Option<&str>) -> Daemon {
+        let log = dir.path().join("daemon.log");
+        let mut cmd = Command::new(daemon_bin());
+        if let Some(text) = config {
+            let path = dir.path().join("packet-ipcd.toml");
+            std::fs::write(&path, text).expect("write config");
+            cmd.arg("--config").arg(&path);
+        }
+        let child = cmd
+            .env("PACKET_IPC_RUNTIME_DIR", dir.path())
+            .env_remove("PACKET_IPC_CONFIG")
+            .env_remove("PACKET_IPC_RENDEZVOUS")
+            .env_remove("NOTIFY_SOCKET")
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("daemon log"))
+            .spawn()
+            .expect("start packet-ipcd");
+        let daemon = Daemon {
+            child: Some(child),
+            dir,
+            log,
+        };
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// The runtime directory.
+    pub fn runtime(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Waits until the rendezvous file names this daemon's pid.
+    pub fn wait_ready(&self) {
+        let path = self.runtime().join("rendezvous.json");
+        let pid = self.pid();
+        let start = Instant::now();
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                if text.contains(&format!("\"pid\": {pid}")) {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "daemon not ready; log:\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A command with this daemon's runtime directory in its environment.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("PACKET_IPC_RUNTIME_DIR", self.runtime())
+            .env_remove("PACKET_IPC_RENDEZVOUS");
+        cmd
+    }
+
+    /// `packet-ipc-peer ARGS` against this daemon, output captured.
+    pub fn peer(&self, args: &[&str]) -> Child {
+        self.command(env!("CARGO_BIN_EXE_packet-ipc-peer"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start packet-ipc-peer")
+    }
+
+    /// `packet-ipc ARGS` against this daemon.
+    pub fn cli(&self) -> Command {
+        self.command(env!("CARGO_BIN_EXE_packet-ipc"))
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "signal the daemon");
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let child = self.child.take().expect("running");
+        wait_output(child, DEADLINE).status
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What a child writes on stderr, collected by a thread.
+pub struct Stderr {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl Stderr {
+    /// Everything the child wrote, once its stderr is closed (it has exited).
+    pub fn text(mut self) -> String {
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        self.text.lock().unwrap().clone()
+    }
+}
+
+/// Waits until a child printed a line starting with `line` on stderr; the rest of its
+/// stderr is collected in the returned [`Stderr`]. Fails after the deadline.
+pub fn wait_stderr_line(child: &mut Child, line: &str) -> Stderr {
+    use std::io::{BufRead, BufReader};
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = mpsc::channel();
+    let want = line.to_owned();
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let theirs = std::sync::Arc::clone(&text);
+    let reader = thread::spawn(move || {
+        let mut seen = false;
+        for l in BufReader::new(stderr).lines() {
+            let Ok(l) = l else { break };
+            if !seen && l.starts_with(&want) {
+                seen = true;
+                let _ = tx.send(());
+            }
+            let mut t = theirs.lock().unwrap();
+            t.push_str(&l);
+            t.push('\n');
+        }
+    });
+    if rx.recv_timeout(DEADLINE).is_err() {
+        let _ = child.kill();
+        panic!("child never printed {line:?}: {}", text.lock().unwrap());
+    }
+    Stderr {
+        text,
+        reader: Some(reader),
+    }
+}

@@ -83,6 +83,37 @@ fn no_daemon(e: RendezvousError) -> Error {
     Error::NoDaemon(e.to_string())
 }
 
+/// The live counters of the running daemon: every server, or only `server`.
+pub fn stats(
+    options: &ConnectOptions,
+    server: Option<&str>,
+) -> Result<Vec<super::ServerStats>, Error> {
+    let r = Rendezvous::read(&options.rendezvous_path()).map_err(no_daemon)?;
+    if let Some(name) = server {
+        if r.server(name).is_none() {
+            return Err(Error::UnknownServer {
+                name: name.to_owned(),
+                known: r.servers.iter().map(|s| s.name.clone()).collect(),
+            });
+        }
+    }
+    let awaiting = listen_in(&r.control)?;
+    let _request = match spool::submit(&r.control, awaiting.socket()) {
+        Ok(s) => s,
+        Err(e) => return Err(Error::Spool(e.to_string())),
+    };
+    let t = options.connect_timeout;
+    let json = awaiting
+        .stats(t)
+        .map_err(|e| bootstrap_error("(stats)", t, e))?;
+    let mut all: Vec<super::ServerStats> = serde_json::from_str(&json)
+        .map_err(|e| TransportError::Protocol(format!("stats answer: {e}")))?;
+    if let Some(name) = server {
+        all.retain(|s| s.name == name);
+    }
+    Ok(all)
+}
+
 /// The role a client connects as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Role {

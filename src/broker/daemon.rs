@@ -196,18 +196,19 @@ fn prepare_runtime(runtime: &Path) -> Result<(), DaemonError> {
     std::fs::create_dir_all(runtime).map_err(io_err("creating", runtime))?;
     std::fs::set_permissions(runtime, std::fs::Permissions::from_mode(0o755))
         .map_err(io_err("setting the mode of", runtime))?;
-    for dir in [runtime.join("srv"), runtime.join("ctl")] {
-        std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-            .map_err(io_err("setting the mode of", &dir))?;
-    }
-    Ok(())
+    let srv = runtime.join("srv");
+    std::fs::create_dir_all(&srv).map_err(io_err("creating", &srv))?;
+    std::fs::set_permissions(&srv, std::fs::Permissions::from_mode(0o755))
+        .map_err(io_err("setting the mode of", &srv))?;
+    // Anyone may ask for the counters.
+    spool::prepare(&runtime.join("ctl"), None).map_err(|e| DaemonError::Setup(e.to_string()))
 }
 
 /// Which spool directory an inotify watch is on.
 #[derive(Clone, Debug)]
 struct Watched {
-    server: String,
+    /// The server, or `None` for the control directory.
+    server: Option<String>,
     producer: bool,
     dir: PathBuf,
 }
@@ -269,6 +270,20 @@ pub async fn run(
         epoch: Instant::now(),
     };
     daemon.remove_strays(&config);
+    let ctl = runtime.join("ctl");
+    spool::sweep(&ctl);
+    let wd = events
+        .watches()
+        .add(&ctl, WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE)
+        .map_err(io_err("watching", &ctl))?;
+    daemon.watched.insert(
+        wd,
+        Watched {
+            server: None,
+            producer: false,
+            dir: ctl,
+        },
+    );
     for (name, server) in &config.servers {
         daemon.start_server(&mut events, name, server)?;
     }
@@ -308,6 +323,21 @@ pub async fn run(
     }
     daemon.shutdown().await;
     Ok(())
+}
+
+/// Asks every hub for its counters (blocking: run off the lifecycle task).
+fn collect_stats(hubs: &[hub::HubSender]) -> Vec<ServerStats> {
+    let replies: Vec<_> = hubs
+        .iter()
+        .filter_map(|h| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            h.send(Command::Stats(tx)).then_some(rx)
+        })
+        .collect();
+    replies
+        .into_iter()
+        .filter_map(|rx| rx.recv_timeout(Duration::from_secs(1)).ok())
+        .collect()
 }
 
 impl Daemon {
@@ -355,7 +385,7 @@ impl Daemon {
             self.watched.insert(
                 wd.clone(),
                 Watched {
-                    server: name.to_owned(),
+                    server: Some(name.to_owned()),
                     producer,
                     dir: dir.clone(),
                 },
@@ -390,12 +420,26 @@ impl Daemon {
         }
     }
 
+    fn scan_control(&self) {
+        let ctl = self.runtime.join("ctl");
+        let Ok(entries) = std::fs::read_dir(&ctl) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if file.ends_with(spool::REQUEST_EXT) && !file.starts_with('.') {
+                self.control_request(&ctl, &file);
+            }
+        }
+    }
+
     fn on_event(&mut self, wd: &WatchDescriptor, mask: EventMask, name: Option<&std::ffi::OsStr>) {
         if mask.contains(EventMask::Q_OVERFLOW) {
             warn!("spool events overflowed; rescanning");
             for server in self.servers.keys() {
                 self.scan(server);
             }
+            self.scan_control();
             return;
         }
         let Some(w) = self.watched.get(wd) else {
@@ -407,7 +451,35 @@ impl Daemon {
         if file.starts_with('.') || !file.ends_with(spool::REQUEST_EXT) {
             return;
         }
-        self.request(&w.server, w.producer, &w.dir, &file);
+        match &w.server {
+            Some(server) => self.request(server, w.producer, &w.dir, &file),
+            None => self.control_request(&w.dir, &file),
+        }
+    }
+
+    /// Answers a control request (the counters of every server).
+    fn control_request(&self, dir: &Path, file: &str) {
+        let request = match spool::take_request(dir, file) {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(error = %e, "ignoring a control request");
+                return;
+            }
+        };
+        let hubs: Vec<_> = self.servers.values().map(|r| r.hub.sender()).collect();
+        tokio::spawn(async move {
+            let answer = tokio::task::spawn_blocking(move || {
+                let stats = collect_stats(&hubs);
+                let json = serde_json::to_string(&stats).unwrap_or_else(|_| "[]".into());
+                connect_pending(&request.socket).and_then(|p| p.send_stats(json))
+            });
+            match tokio::time::timeout(CONNECT_LIMIT * 2, answer).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => debug!(error = %e, "stats requester gone"),
+                Ok(Err(e)) => warn!(error = %e, "stats task failed"),
+                Err(_) => warn!("stats requester does not accept; ignored"),
+            }
+        });
     }
 
     /// Takes a request and, off this task, connects to the client and hands it to the hub.
@@ -615,21 +687,6 @@ impl Daemon {
                 debug!(server = %name, removed = n, "swept spool leftovers");
             }
         }
-    }
-
-    /// Collects every hub's counters.
-    #[allow(dead_code)]
-    fn stats(&self) -> Vec<ServerStats> {
-        let mut out = Vec::new();
-        for running in self.servers.values() {
-            let (tx, rx) = std::sync::mpsc::channel();
-            if running.hub.send(Command::Stats(tx)) {
-                if let Ok(s) = rx.recv_timeout(Duration::from_secs(1)) {
-                    out.push(s);
-                }
-            }
-        }
-        out
     }
 
     async fn shutdown(mut self) {

@@ -19,7 +19,7 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::config::{Overflow, ServerConfig};
@@ -71,7 +71,7 @@ pub(crate) struct ClientInfo {
 }
 
 /// Counters of one subscriber, cumulative since it connected.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscriberStats {
     /// The subscriber's id.
     pub id: u64,
@@ -92,7 +92,7 @@ pub struct SubscriberStats {
 }
 
 /// Counters of one server, cumulative since it was created.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerStats {
     /// The server's name.
     pub name: String,
@@ -368,7 +368,11 @@ impl Hub {
                 Ok(other) => self.drop_subscriber(s, &format!("sent frame kind {}", other.kind())),
                 Err(e) => self.drop_subscriber(s, &e.to_string()),
             },
-            Event::Closed(Token::ProducerData(p) | Token::ProducerCtrl(p)) => {
+            // Only the data channel's end retires a producer: ipc-channel reports it after
+            // every message on it was read, so the last batches are not lost. (The control
+            // channel may close first, in the same round, before those messages.)
+            Event::Closed(Token::ProducerCtrl(_)) => {}
+            Event::Closed(Token::ProducerData(p)) => {
                 if let Some(prod) = self.producers.remove(&p) {
                     info!(server = %self.name, producer = p, pid = prod.pid, "producer left");
                     prod.back.close();

@@ -13,4 +13,5 @@ pub(crate) mod hub;
 pub mod rendezvous;
 pub mod spool;
 
+pub use connect::stats;
 pub use hub::{ServerStats, SubscriberStats, CREDIT_WINDOW};

@@ -90,6 +90,8 @@ enum WelcomeOut {
     Refused(String),
     /// Sent by a client to its own one-shot server to stop waiting.
     Abort,
+    /// The answer to a control request: the daemon's counters, as JSON.
+    Stats(String),
 }
 
 /// The welcome as a client reads it: the same layout, the punned channels typed for this
@@ -115,6 +117,7 @@ enum WelcomeIn {
     },
     Refused(String),
     Abort,
+    Stats(String),
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> TransportError {
@@ -238,6 +241,14 @@ impl Awaiting {
             Ok(WelcomeIn::Refused(why)) => Err(BootstrapError::Refused(why)),
             Ok(w) => Ok(w),
             Err(e) => Err(ipc_err("receiving the welcome", e).into()),
+        }
+    }
+
+    /// Waits for the answer to a control request.
+    pub(crate) fn stats(self, timeout: Duration) -> Result<String, BootstrapError> {
+        match self.wait(timeout)? {
+            WelcomeIn::Stats(json) => Ok(json),
+            _ => Err(TransportError::Protocol("expected a stats answer".into()).into()),
         }
     }
 
@@ -704,6 +715,13 @@ impl Pending {
             back: back_tx,
             frame: FrameBuf::default(),
         })
+    }
+
+    /// Answers a control request with the daemon's counters (JSON).
+    pub(crate) fn send_stats(self, json: String) -> Result<(), TransportError> {
+        self.tx
+            .send(WelcomeOut::Stats(json))
+            .map_err(|e| ipc_err("answering a stats request", e))
     }
 
     /// Tells the client why it is not let in.
