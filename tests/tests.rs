@@ -4,5 +4,6 @@
 //! processes and guards every wait with a deadline, so that a hang fails the test instead
 //! of stalling the suite.
 
+mod broker;
 mod p2p;
 mod util;
