@@ -41,7 +41,7 @@
 
 use std::time::SystemTime;
 
-use crate::packet::{nanos_since_epoch, time_from_nanos, AsIpcPacket, PacketRef};
+use crate::packet::{time_from_nanos, AsIpcPacket, PacketRef};
 
 /// The four bytes every batch starts with.
 pub const MAGIC: [u8; 4] = *b"PKTB";
@@ -167,7 +167,7 @@ pub fn encode_into<T: AsIpcPacket>(
         let caplen = data.len();
         let orig = p.orig_len().max(caplen).min(u32::MAX as usize) as u32;
         let rec = &mut out[off..off + record_len(caplen)];
-        rec[0..8].copy_from_slice(&nanos_since_epoch(p.timestamp()).to_le_bytes());
+        rec[0..8].copy_from_slice(&p.timestamp_nanos().to_le_bytes());
         rec[8..12].copy_from_slice(&(caplen as u32).to_le_bytes());
         rec[12..16].copy_from_slice(&orig.to_le_bytes());
         let (body, pad) = rec[RECORD_HEAD_LEN..].split_at_mut(caplen);
@@ -428,7 +428,7 @@ pub fn record_time(ts_nanos: u64) -> SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::Packet;
+    use crate::packet::{nanos_since_epoch, Packet};
     use proptest::prelude::*;
 
     fn packet(nanos: u64, data: Vec<u8>, orig: usize) -> Packet {

@@ -1,10 +1,9 @@
 //! The receiving side of the point-to-point API: [`Client`].
 
-use std::sync::mpsc::TryRecvError;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::batch::Records;
+use crate::batch::{BatchError, Records};
 use crate::packet::{BatchStorage, SharedPacket};
 use crate::transport::link::{Incoming, LinkReader};
 use crate::transport::TransportError;
@@ -16,8 +15,11 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How a [`Client`] connects and buffers.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientOptions {
-    /// Most batches received and waiting for [`Client::recv`]; `None` for no bound (the
-    /// server then never waits for this client).
+    /// `Some(n)`: the server keeps at most `n` batches for this client in shared memory
+    /// (then it sends inline, and the connection's socket buffer is the bound: the server
+    /// is paced by the client), and `recv` reads the connection itself. `None`: a thread
+    /// of the client receives everything as it comes into an unbounded queue, so the
+    /// server never waits for this client.
     pub buffer: Option<usize>,
     /// How long to wait for the server to accept.
     pub connect_timeout: Duration,
@@ -35,6 +37,8 @@ impl Default for ClientOptions {
 /// The batch being handed out, and where in it we are.
 struct Cursor {
     storage: Arc<dyn BatchStorage>,
+    /// Records in the batch.
+    storage_count: u32,
     off: usize,
     left: u32,
 }
@@ -49,12 +53,15 @@ enum Ended {
 
 /// Receives the packets a [`crate::Server`] sends.
 ///
-/// A thread of the client receives batches as they come and queues them (see
-/// [`ClientOptions::buffer`]); [`Client::recv`] hands out their packets.
+/// Either a thread of the client receives batches as they come and queues them, or
+/// `recv` reads them itself (see [`ClientOptions::buffer`]); [`Client::recv`] hands out
+/// their packets.
 pub struct Client {
     reader: LinkReader,
     current: Option<Cursor>,
     ended: Option<Ended>,
+    /// A corrupt batch met after packets were already taken, reported next.
+    corrupt: Option<BatchError>,
 }
 
 impl Client {
@@ -63,8 +70,8 @@ impl Client {
         Client::new_with_size(server_name, None)
     }
 
-    /// Connects to the server of that name, buffering at most `size` batches
-    /// (`None`: without bound).
+    /// Connects to the server of that name, buffering at most `size` batches in shared
+    /// memory (`None`: without bound). See [`ClientOptions::buffer`].
     pub fn new_with_size(server_name: impl AsRef<str>, size: Option<usize>) -> Result<Client> {
         Client::with_options(
             server_name,
@@ -86,6 +93,7 @@ impl Client {
             reader,
             current: None,
             ended: None,
+            corrupt: None,
         })
     }
 
@@ -98,37 +106,40 @@ impl Client {
     /// to the server when their last packet is dropped.
     pub fn recv(&mut self, size: usize) -> Result<Option<Vec<SharedPacket>>> {
         self.reader.flush_releases();
+        if let Some(e) = self.corrupt.take() {
+            return Err(e.into());
+        }
         let mut out = Vec::new();
         if size == 0 {
             return Ok(Some(out));
         }
         loop {
-            self.take(&mut out, size);
+            if let Err(e) = self.take(&mut out, size) {
+                // A corrupt batch: what came before it was handed out; report it now, or
+                // on the next call if packets are already taken.
+                if out.is_empty() {
+                    return Err(e.into());
+                }
+                self.corrupt = Some(e);
+                break;
+            }
             if out.len() == size || self.ended.is_some() {
                 break;
             }
-            let next = if out.is_empty() {
-                self.reader.incoming.recv().ok()
-            } else {
-                match self.reader.incoming.try_recv() {
-                    Ok(next) => Some(next),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => None,
-                }
+            let Some(next) = self.reader.next(out.is_empty()) else {
+                break;
             };
             match next {
-                Some(Incoming::Batch(storage, left)) => {
+                Incoming::Batch(storage, left) => {
                     self.current = Some(Cursor {
                         storage,
+                        storage_count: left,
                         off: crate::batch::HEADER_LEN,
                         left,
                     })
                 }
-                Some(Incoming::End) => self.ended = Some(Ended::Closed),
-                Some(Incoming::Failed(e)) => self.ended = Some(Ended::Failed(Some(e))),
-                None => {
-                    self.ended = Some(Ended::Failed(Some(TransportError::Disconnected)));
-                }
+                Incoming::End => self.ended = Some(Ended::Closed),
+                Incoming::Failed(e) => self.ended = Some(Ended::Failed(Some(e))),
             }
         }
         if !out.is_empty() {
@@ -143,15 +154,21 @@ impl Client {
         }
     }
 
-    /// Moves up to `size - out.len()` packets of the current batch into `out`.
-    fn take(&mut self, out: &mut Vec<SharedPacket>, size: usize) {
-        let Some(cur) = &mut self.current else { return };
+    /// Moves up to `size - out.len()` packets of the current batch into `out`, checking
+    /// each record as it goes (the batch's header was checked on receipt).
+    fn take(&mut self, out: &mut Vec<SharedPacket>, size: usize) -> Result<(), BatchError> {
+        let Some(cur) = &mut self.current else {
+            return Ok(());
+        };
         let want = (size - out.len()).min(cur.left as usize);
         out.reserve(want);
         let mut records = Records::resume(cur.storage.bytes(), cur.off, cur.left);
         for _ in 0..want {
             let Some((p, at)) = records.next_with_offset() else {
-                break;
+                let (offset, left) = records.position();
+                let index = cur.storage_count - left;
+                self.current = None;
+                return Err(BatchError::RecordOverrun { index, offset });
             };
             out.push(SharedPacket::new(Arc::clone(&cur.storage), &p, at as u32));
         }
@@ -159,5 +176,6 @@ impl Client {
         if cur.left == 0 {
             self.current = None;
         }
+        Ok(())
     }
 }

@@ -24,12 +24,21 @@ pub trait AsIpcPacket {
     fn orig_len(&self) -> usize {
         self.data().len()
     }
+    /// The timestamp as nanoseconds since the Unix epoch (saturating), which is how a batch
+    /// stores it. The default converts [`AsIpcPacket::timestamp`]; a type that has the
+    /// capture's nanoseconds at hand (a pcap record does) should return them directly,
+    /// which spares a conversion per packet on the send path.
+    fn timestamp_nanos(&self) -> u64 {
+        nanos_since_epoch(self.timestamp())
+    }
 }
 
 /// An owned packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Packet {
     ts: SystemTime,
+    /// `ts` as stored in a batch, computed once.
+    ts_nanos: u64,
     data: Vec<u8>,
     orig_len: usize,
 }
@@ -38,17 +47,14 @@ impl Packet {
     /// A packet whose original length is the length of `data`.
     pub fn new(timestamp: SystemTime, data: Vec<u8>) -> Packet {
         let orig_len = data.len();
-        Packet {
-            ts: timestamp,
-            data,
-            orig_len,
-        }
+        Packet::with_orig_len(timestamp, data, orig_len)
     }
 
     /// A packet that was cut short by the capture: `orig_len` is its length on the wire.
     pub fn with_orig_len(timestamp: SystemTime, data: Vec<u8>, orig_len: usize) -> Packet {
         Packet {
             ts: timestamp,
+            ts_nanos: nanos_since_epoch(&timestamp),
             data,
             orig_len,
         }
@@ -79,6 +85,9 @@ impl AsIpcPacket for Packet {
     fn orig_len(&self) -> usize {
         self.orig_len
     }
+    fn timestamp_nanos(&self) -> u64 {
+        self.ts_nanos
+    }
 }
 
 impl<P: AsIpcPacket + ?Sized> AsIpcPacket for &P {
@@ -91,6 +100,9 @@ impl<P: AsIpcPacket + ?Sized> AsIpcPacket for &P {
     fn orig_len(&self) -> usize {
         (**self).orig_len()
     }
+    fn timestamp_nanos(&self) -> u64 {
+        (**self).timestamp_nanos()
+    }
 }
 
 impl<P: AsIpcPacket + ?Sized> AsIpcPacket for Arc<P> {
@@ -102,6 +114,9 @@ impl<P: AsIpcPacket + ?Sized> AsIpcPacket for Arc<P> {
     }
     fn orig_len(&self) -> usize {
         (**self).orig_len()
+    }
+    fn timestamp_nanos(&self) -> u64 {
+        (**self).timestamp_nanos()
     }
 }
 
@@ -141,6 +156,9 @@ impl AsIpcPacket for PacketRef<'_> {
     fn orig_len(&self) -> usize {
         self.orig_len as usize
     }
+    fn timestamp_nanos(&self) -> u64 {
+        self.ts_nanos
+    }
 }
 
 /// The bytes a [`SharedPacket`] points into. Implemented by the receive buffers of the
@@ -161,6 +179,7 @@ pub(crate) trait BatchStorage: Send + Sync {
 pub struct SharedPacket {
     storage: Arc<dyn BatchStorage>,
     ts: SystemTime,
+    ts_nanos: u64,
     offset: u32,
     caplen: u32,
     orig_len: u32,
@@ -171,6 +190,7 @@ impl SharedPacket {
         SharedPacket {
             storage,
             ts: at.ts,
+            ts_nanos: at.ts_nanos,
             offset,
             caplen: at.data.len() as u32,
             orig_len: at.orig_len,
@@ -182,7 +202,7 @@ impl SharedPacket {
         let data = self.data();
         PacketRef {
             ts: self.ts,
-            ts_nanos: nanos_since_epoch(&self.ts),
+            ts_nanos: self.ts_nanos,
             orig_len: self.orig_len,
             data,
         }
@@ -204,6 +224,9 @@ impl AsIpcPacket for SharedPacket {
     fn orig_len(&self) -> usize {
         self.orig_len as usize
     }
+    fn timestamp_nanos(&self) -> u64 {
+        self.ts_nanos
+    }
 }
 
 impl std::fmt::Debug for SharedPacket {
@@ -218,9 +241,14 @@ impl std::fmt::Debug for SharedPacket {
 
 /// Nanoseconds since the Unix epoch, saturating: times before 1970 become 0 and times after
 /// the year 2554 become `u64::MAX`.
+#[inline]
 pub fn nanos_since_epoch(ts: &SystemTime) -> u64 {
     match ts.duration_since(UNIX_EPOCH) {
-        Ok(d) => u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+        Ok(d) => d
+            .as_secs()
+            .checked_mul(1_000_000_000)
+            .and_then(|n| n.checked_add(u64::from(d.subsec_nanos())))
+            .unwrap_or(u64::MAX),
         Err(_) => 0,
     }
 }

@@ -17,6 +17,8 @@ pub struct Producer {
     options: ConnectOptions,
     conn: Option<ProducerConn>,
     info: ServerInfo,
+    /// The daemon this client is connected to (told apart from its successor).
+    daemon_pid: u32,
     /// The daemon that said it was stopping, not to be asked again.
     stopped_pid: Option<u32>,
 }
@@ -30,12 +32,14 @@ impl Producer {
     /// Connects to `server`.
     pub fn connect_with(server: impl AsRef<str>, options: ConnectOptions) -> Result<Producer> {
         let server = server.as_ref().to_owned();
-        let conn = connect::producer_once(&server, &options)?;
+        let connected = connect::producer_once(&server, &options)?;
+        let conn = connected.conn;
         Ok(Producer {
             info: ServerInfo::from(&conn.info),
             server,
             options,
             conn: Some(conn),
+            daemon_pid: connected.daemon_pid,
             stopped_pid: None,
         })
     }
@@ -86,7 +90,7 @@ impl Producer {
                     });
                 }
                 Ok(Some(ProducerNotice::Stopping)) => {
-                    self.stopped_pid = connect::daemon_pid(&self.options);
+                    self.stopped_pid = Some(self.daemon_pid);
                     self.conn = None;
                 }
                 Err(TransportError::Disconnected) => self.conn = None,
@@ -108,7 +112,8 @@ impl Producer {
                 waited: self.options.reconnect_wait,
             });
         };
-        self.info = ServerInfo::from(&conn.info);
-        Ok(self.conn.insert(conn))
+        self.info = ServerInfo::from(&conn.conn.info);
+        self.daemon_pid = conn.daemon_pid;
+        Ok(self.conn.insert(conn.conn))
     }
 }

@@ -104,6 +104,8 @@ pub struct Subscriber {
     options: ConnectOptions,
     conn: Option<SubscriberConn>,
     info: ServerInfo,
+    /// The daemon this client is connected to (told apart from its successor).
+    daemon_pid: u32,
     /// The next batch follows a reconnection.
     gap: bool,
     /// The server is gone for good.
@@ -119,12 +121,14 @@ impl Subscriber {
     /// Connects to `server`. Once this returns, every batch the server gets is delivered.
     pub fn connect_with(server: impl AsRef<str>, options: ConnectOptions) -> Result<Subscriber> {
         let server = server.as_ref().to_owned();
-        let conn = connect::subscriber_once(&server, &options)?;
+        let connected = connect::subscriber_once(&server, &options)?;
+        let conn = connected.conn;
         Ok(Subscriber {
             info: ServerInfo::from(&conn.info),
             server,
             options,
             conn: Some(conn),
+            daemon_pid: connected.daemon_pid,
             gap: false,
             ended: false,
         })
@@ -184,7 +188,7 @@ impl Subscriber {
                     self.ended = true;
                 }
                 Ok(SubEvent::Notice(NoticeCode::Stopping, _)) => {
-                    let pid = connect::daemon_pid(&self.options);
+                    let pid = Some(self.daemon_pid);
                     self.conn = None;
                     if self.reconnect(pid)?.is_none() {
                         return Ok(Received::End);
@@ -220,8 +224,9 @@ impl Subscriber {
         )?;
         match found {
             Some(conn) => {
-                self.info = ServerInfo::from(&conn.info);
-                Ok(Some(self.conn.insert(conn)))
+                self.info = ServerInfo::from(&conn.conn.info);
+                self.daemon_pid = conn.daemon_pid;
+                Ok(Some(self.conn.insert(conn.conn)))
             }
             None => {
                 self.ended = true;

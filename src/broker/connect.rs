@@ -141,7 +141,7 @@ fn attempt(
     server: &str,
     role: Role,
     options: &ConnectOptions,
-) -> Result<(Awaiting, spool::Submitted), Error> {
+) -> Result<(Awaiting, spool::Submitted, u32), Error> {
     let r = Rendezvous::read(&options.rendezvous_path()).map_err(no_daemon)?;
     let Some(entry) = r.server(server) else {
         return Err(Error::UnknownServer {
@@ -167,7 +167,7 @@ fn attempt(
     };
     // The daemon deletes the request when it takes it; the guard removes it if not.
     match spool::submit(spool_dir, awaiting.socket()) {
-        Ok(submitted) => Ok((awaiting, submitted)),
+        Ok(submitted) => Ok((awaiting, submitted, r.pid)),
         Err(spool::SpoolError::PermissionDenied(_)) => Err(denied()),
         Err(e) => Err(Error::Spool(e.to_string())),
     }
@@ -187,25 +187,36 @@ fn bootstrap_error(server: &str, waited: Duration, e: BootstrapError) -> Error {
     }
 }
 
+/// A connection, and the pid of the daemon that made it.
+pub(crate) struct Connected<C> {
+    pub conn: C,
+    pub daemon_pid: u32,
+}
+
 /// Connects a producer once.
-pub(crate) fn producer_once(server: &str, options: &ConnectOptions) -> Result<ProducerConn, Error> {
-    let (awaiting, _request) = attempt(server, Role::Producer, options)?;
+pub(crate) fn producer_once(
+    server: &str,
+    options: &ConnectOptions,
+) -> Result<Connected<ProducerConn>, Error> {
+    let (awaiting, _request, daemon_pid) = attempt(server, Role::Producer, options)?;
     let t = options.connect_timeout;
-    awaiting
+    let conn = awaiting
         .producer(t)
-        .map_err(|e| bootstrap_error(server, t, e))
+        .map_err(|e| bootstrap_error(server, t, e))?;
+    Ok(Connected { conn, daemon_pid })
 }
 
 /// Connects a subscriber once.
 pub(crate) fn subscriber_once(
     server: &str,
     options: &ConnectOptions,
-) -> Result<SubscriberConn, Error> {
-    let (awaiting, _request) = attempt(server, Role::Subscriber, options)?;
+) -> Result<Connected<SubscriberConn>, Error> {
+    let (awaiting, _request, daemon_pid) = attempt(server, Role::Subscriber, options)?;
     let t = options.connect_timeout;
-    awaiting
+    let conn = awaiting
         .subscriber(t)
-        .map_err(|e| bootstrap_error(server, t, e))
+        .map_err(|e| bootstrap_error(server, t, e))?;
+    Ok(Connected { conn, daemon_pid })
 }
 
 /// Retries `connect` until a daemon lets us in, the server turns out to be gone, or
@@ -241,11 +252,4 @@ pub(crate) fn reconnect<C>(
         std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
         pause = (pause * 2).min(Duration::from_millis(500));
     }
-}
-
-/// The pid of the daemon in the rendezvous file, if one is running.
-pub(crate) fn daemon_pid(options: &ConnectOptions) -> Option<u32> {
-    Rendezvous::read(&options.rendezvous_path())
-        .ok()
-        .map(|r| r.pid)
 }

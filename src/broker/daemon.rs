@@ -363,6 +363,12 @@ impl Daemon {
     ) -> Result<(), DaemonError> {
         let paths = server_paths(&self.runtime, name);
         let setup = |e: spool::SpoolError| DaemonError::Setup(format!("server {name}: {e}"));
+        // Every user must be able to reach the spool directories (their own modes decide
+        // who may write), whatever the umask (systemd's UMask=0007 would say 0770).
+        let base = self.runtime.join("srv").join(name);
+        std::fs::create_dir_all(&base).map_err(io_err("creating", &base))?;
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755))
+            .map_err(io_err("setting the mode of", &base))?;
         let gid = |g: &Option<String>| g.as_deref().and_then(config::group_id);
         spool::prepare(&paths.producers, gid(&server.producer_group)).map_err(setup)?;
         spool::prepare(&paths.subscribers, gid(&server.subscriber_group)).map_err(setup)?;

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::frame::{self, Desc, Frame, FrameBuf};
 use super::shm::{PoolLimits, Releases, SegmentPool, SegmentTable};
 use super::TransportError;
-use crate::batch::{self, BatchView};
+use crate::batch::{self, Header};
 use crate::packet::{AsIpcPacket, BatchStorage};
 
 /// Version of the link protocol; a peer speaking another is refused.
@@ -47,6 +47,8 @@ const ANNOUNCE_WAIT: Duration = Duration::from_secs(5);
 #[derive(Serialize, Deserialize)]
 struct Hello {
     version: u32,
+    /// A bounded reader's bound: most segments the writer may have it hold.
+    buffer: Option<u32>,
     data: IpcBytesSender,
     ctrl: IpcSender<Ctrl>,
     releases: IpcBytesReceiver,
@@ -137,11 +139,15 @@ impl Listener {
             .ctrl
             .send(Ctrl::Welcome { version: PROTOCOL })
             .map_err(|e| ipc_err("welcoming the client", e))?;
+        let mut pool = options.pool;
+        if let Some(n) = hello.buffer {
+            pool.max_segments = pool.max_segments.min(n.max(1) as usize);
+        }
         Ok(LinkWriter {
             data: hello.data,
             ctrl: hello.ctrl,
             releases: hello.releases,
-            pool: SegmentPool::new(options.pool),
+            pool: SegmentPool::new(pool),
             frame: FrameBuf::default(),
             descs: Vec::with_capacity(1),
             seq: 0,
@@ -279,10 +285,29 @@ impl BatchStorage for InlineBatch {
     }
 }
 
+/// Where a reader's batches come from.
+enum Source {
+    /// A reader thread drains the socket into a queue (unbounded clients: the writer
+    /// never waits for the consumer).
+    Thread(mpsc::Receiver<Incoming>),
+    /// The consumer reads the socket itself (bounded clients: no thread, no hand-off).
+    Direct(Box<Direct>),
+}
+
+/// The state of a reader without a thread.
+struct Direct {
+    data: IpcBytesReceiver,
+    ctrl: IpcReceiver<Ctrl>,
+    table: SegmentTable,
+    /// Batches of a received frame not handed out yet.
+    pending: std::collections::VecDeque<Incoming>,
+    /// Nothing more will come.
+    done: bool,
+}
+
 /// The consumer's side of a connected reader.
 pub(crate) struct LinkReader {
-    /// Batches from the reader thread.
-    pub incoming: mpsc::Receiver<Incoming>,
+    source: Source,
     releases: Arc<Releases>,
     release_tx: IpcBytesSender,
     release_frame: FrameBuf,
@@ -290,8 +315,10 @@ pub(crate) struct LinkReader {
 
 impl LinkReader {
     /// Connects to the writer named `name`; fails if it does not welcome us within
-    /// `timeout`. `buffer` bounds the batches queued between the reader thread and the
-    /// consumer (`None`: unbounded).
+    /// `timeout`. With `buffer = Some(n)` the consumer reads the socket itself and the
+    /// writer keeps at most `n` batches for it in shared memory (beyond that it sends
+    /// inline, and the socket's buffer is the bound); with `None` a reader thread drains
+    /// the socket into an unbounded queue.
     pub(crate) fn connect(
         name: &str,
         buffer: Option<usize>,
@@ -310,6 +337,7 @@ impl LinkReader {
         server
             .send(Hello {
                 version: PROTOCOL,
+                buffer: buffer.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
                 data: data_tx,
                 ctrl: ctrl_tx,
                 releases: release_rx,
@@ -333,28 +361,94 @@ impl LinkReader {
             }
             Err(TryRecvError::IpcError(e)) => return Err(ipc_err("waiting for the welcome", e)),
         }
-        let (tx, incoming) = match buffer {
-            Some(n) => {
-                let (tx, rx) = mpsc::sync_channel(n.max(1));
-                (Sender::Bounded(tx), rx)
-            }
+        let releases = Arc::new(Releases::default());
+        let source = match buffer {
+            Some(_) => Source::Direct(Box::new(Direct {
+                data: data_rx,
+                ctrl: ctrl_rx,
+                table: SegmentTable::default(),
+                pending: std::collections::VecDeque::new(),
+                done: false,
+            })),
             None => {
-                let (tx, rx) = mpsc::channel();
-                (Sender::Unbounded(tx), rx)
+                let (tx, incoming) = mpsc::channel();
+                let thread_releases = Arc::clone(&releases);
+                thread::Builder::new()
+                    .name("packet-ipc-reader".into())
+                    .spawn(move || read_loop(&data_rx, &ctrl_rx, &tx, &thread_releases))
+                    .map_err(io_err("starting the reader thread"))?;
+                Source::Thread(incoming)
             }
         };
-        let releases = Arc::new(Releases::default());
-        let thread_releases = Arc::clone(&releases);
-        thread::Builder::new()
-            .name("packet-ipc-reader".into())
-            .spawn(move || read_loop(&data_rx, &ctrl_rx, &tx, &thread_releases))
-            .map_err(io_err("starting the reader thread"))?;
         Ok(LinkReader {
-            incoming,
+            source,
             releases,
             release_tx,
             release_frame: FrameBuf::default(),
         })
+    }
+
+    /// The next batch (or the end): waits for it if `block`, else `None` when nothing
+    /// has arrived.
+    pub(crate) fn next(&mut self, block: bool) -> Option<Incoming> {
+        match &mut self.source {
+            Source::Thread(rx) => {
+                let got = if block {
+                    rx.recv().map_err(|_| mpsc::TryRecvError::Disconnected)
+                } else {
+                    rx.try_recv()
+                };
+                match got {
+                    Ok(item) => Some(item),
+                    Err(mpsc::TryRecvError::Empty) => None,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        Some(Incoming::Failed(TransportError::Disconnected))
+                    }
+                }
+            }
+            Source::Direct(d) => loop {
+                if let Some(item) = d.pending.pop_front() {
+                    return Some(item);
+                }
+                if d.done {
+                    return Some(Incoming::Failed(TransportError::Closed));
+                }
+                let msg = if block {
+                    d.data.recv()
+                } else {
+                    match d.data.try_recv() {
+                        Ok(msg) => Ok(msg),
+                        Err(TryRecvError::Empty) => return None,
+                        Err(TryRecvError::IpcError(e)) => Err(e),
+                    }
+                };
+                let result = match msg {
+                    Ok(msg) => {
+                        let pending = &mut d.pending;
+                        receive(
+                            msg,
+                            &d.ctrl,
+                            &mut d.table,
+                            &mut |item| {
+                                pending.push_back(item);
+                                true
+                            },
+                            &self.releases,
+                        )
+                    }
+                    Err(IpcError::Disconnected) => Err(TransportError::Disconnected),
+                    Err(e) => Err(ipc_err("receiving a frame", e)),
+                };
+                match result {
+                    Ok(true) => {}
+                    Ok(false) => d.done = true,
+                    Err(e) => {
+                        d.done = true;
+                        d.pending.push_back(Incoming::Failed(e));
+                    }
+                }
+            },
+        }
     }
 
     /// Sends the writer every segment released since the last call (one message, or none).
@@ -366,32 +460,19 @@ impl LinkReader {
     }
 }
 
-enum Sender {
-    Bounded(mpsc::SyncSender<Incoming>),
-    Unbounded(mpsc::Sender<Incoming>),
-}
-
-impl Sender {
-    fn send(&self, item: Incoming) -> bool {
-        match self {
-            Sender::Bounded(tx) => tx.send(item).is_ok(),
-            Sender::Unbounded(tx) => tx.send(item).is_ok(),
-        }
-    }
-}
-
 /// The reader thread: frames in, checked batches out, until the end, a failure, or the
 /// consumer is gone.
 fn read_loop(
     data: &IpcBytesReceiver,
     ctrl: &IpcReceiver<Ctrl>,
-    out: &Sender,
+    out: &mpsc::Sender<Incoming>,
     releases: &Arc<Releases>,
 ) {
     let mut table = SegmentTable::default();
+    let mut emit = |item| out.send(item).is_ok();
     loop {
         let result = match data.recv() {
-            Ok(msg) => receive(msg, ctrl, &mut table, out, releases),
+            Ok(msg) => receive(msg, ctrl, &mut table, &mut emit, releases),
             Err(IpcError::Disconnected) => Err(TransportError::Disconnected),
             Err(e) => Err(ipc_err("receiving a frame", e)),
         };
@@ -399,31 +480,33 @@ fn read_loop(
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
-                out.send(Incoming::Failed(e));
+                let _ = out.send(Incoming::Failed(e));
                 return;
             }
         }
     }
 }
 
-/// Handles one data frame; false when reading is over (end of stream, or nobody to hand
-/// batches to).
+/// Handles one data frame, handing its batches to `emit` (which says false when nobody
+/// takes them any more); false when reading is over (end of stream, or nobody to take).
 fn receive(
     mut msg: Vec<u8>,
     ctrl: &IpcReceiver<Ctrl>,
     table: &mut SegmentTable,
-    out: &Sender,
+    emit: &mut dyn FnMut(Incoming) -> bool,
     releases: &Arc<Releases>,
 ) -> Result<bool, TransportError> {
     match frame::parse(&msg)? {
         Frame::Inline(bytes) => {
-            let count = BatchView::parse(bytes)?.len() as u32;
+            // Only the header is checked here; the walk that hands the packets out checks
+            // each record (see `Client::recv`), so a batch is walked once, not twice.
+            let count = Header::parse(bytes)?.count;
             // The receive buffer is sized for the largest message; give the rest back
             // (glibc shrinks in place) so that queued inline batches cost what they hold.
             if msg.capacity() > 2 * msg.len() + 4096 {
                 msg.shrink_to_fit();
             }
-            Ok(out.send(Incoming::Batch(Arc::new(InlineBatch(msg)), count)))
+            Ok(emit(Incoming::Batch(Arc::new(InlineBatch(msg)), count)))
         }
         Frame::Descs(descs) => {
             for d in descs {
@@ -431,15 +514,15 @@ fn receive(
                     wait_announcement(ctrl, table, d.seg)?;
                 }
                 let lease = table.lease(&d, releases)?;
-                let count = BatchView::parse(lease.bytes())?.len() as u32;
-                if !out.send(Incoming::Batch(Arc::new(lease), count)) {
+                let count = Header::parse(lease.bytes())?.count;
+                if !emit(Incoming::Batch(Arc::new(lease), count)) {
                     return Ok(false);
                 }
             }
             Ok(true)
         }
         Frame::End => {
-            out.send(Incoming::End);
+            emit(Incoming::End);
             Ok(false)
         }
         other => Err(frame::FrameError::Unexpected(other.kind()).into()),
