@@ -76,7 +76,14 @@ fn two_producers_feed_one_server() {
     let producers: Vec<Child> = (0..2)
         .map(|_| {
             daemon.peer(&[
-                "produce", "default", "--batches", "40", "--packets", "256", "--size", "64",
+                "produce",
+                "default",
+                "--batches",
+                "40",
+                "--packets",
+                "256",
+                "--size",
+                "64",
             ])
         })
         .collect();
@@ -118,7 +125,10 @@ fn unknown_server_is_a_clear_error() {
         Err(e) => e.to_string(),
         Ok(_) => panic!("connected to a server that does not exist"),
     };
-    assert!(err.contains("gamma") && err.contains("alpha, beta"), "{err}");
+    assert!(
+        err.contains("gamma") && err.contains("alpha, beta"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -167,7 +177,10 @@ fn an_invalid_reload_keeps_the_running_configuration() {
     daemon.signal(libc::SIGHUP);
     let deadline = Instant::now() + DEADLINE;
     while !daemon.log_text().contains("reload refused") {
-        assert!(Instant::now() < deadline, "no log line for the refused reload");
+        assert!(
+            Instant::now() < deadline,
+            "no log line for the refused reload"
+        );
         thread::sleep(Duration::from_millis(20));
     }
     let sub = subscriber(&daemon, "beta", &["--count", "5"]);
@@ -187,7 +200,10 @@ fn sigterm_exits_zero_and_ends_subscribers_that_do_not_wait() {
     assert!(status.success(), "{status:?}");
     let s = summary(&wait_output(sub, DEADLINE));
     assert_eq!(s["end"], "end");
-    assert!(!rendezvous.exists(), "the daemon removes its rendezvous file");
+    assert!(
+        !rendezvous.exists(),
+        "the daemon removes its rendezvous file"
+    );
 }
 
 #[test]
@@ -228,7 +244,10 @@ fn check_reports_bad_configurations_with_their_line() {
     assert_eq!((code, out.trim()), (Some(0), "ok"));
     let (code, _, err) = check("[servers.a]\nlinktype = 1\nqueue-dept = 8\n");
     assert_eq!(code, Some(78));
-    assert!(err.contains("line 3") && err.contains("queue-dept"), "{err}");
+    assert!(
+        err.contains("line 3") && err.contains("queue-dept"),
+        "{err}"
+    );
     let (code, _, err) = check("[servers.a]\n\noverflow = 7\n");
     assert_eq!(code, Some(78));
     assert!(err.contains("line 3") && err.contains("overflow"), "{err}");
@@ -236,7 +255,11 @@ fn check_reports_bad_configurations_with_their_line() {
     assert_eq!(code, Some(78));
     assert!(err.contains("line 1"), "{err}");
     let (code, out, err) = check("[servers.a]\nsubscriber-group = \"no-such-group-pipc\"\n");
-    assert_eq!((code, out.trim()), (Some(0), "ok"), "a missing group only warns");
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), "ok"),
+        "a missing group only warns"
+    );
     assert!(err.contains("no-such-group-pipc"), "{err}");
 
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/packet-ipcd.toml");
@@ -251,7 +274,11 @@ fn check_reports_bad_configurations_with_their_line() {
 fn a_missing_group_stops_the_daemon_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
-    std::fs::write(&path, "[servers.a]\nproducer-group = \"no-such-group-pipc\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "[servers.a]\nproducer-group = \"no-such-group-pipc\"\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(daemon_bin())
         .arg("--config")
         .arg(&path)
@@ -285,7 +312,10 @@ fn systemd_hears_ready_reloading_watchdog_and_stopping() {
         let deadline = Instant::now() + DEADLINE;
         let mut buf = [0u8; 4096];
         while !heard.contains(what) {
-            assert!(Instant::now() < deadline, "never heard {what}; heard {heard:?}");
+            assert!(
+                Instant::now() < deadline,
+                "never heard {what}; heard {heard:?}"
+            );
             if let Ok(n) = sock.recv(&mut buf) {
                 heard.push_str(&String::from_utf8_lossy(&buf[..n]));
             }
@@ -329,13 +359,18 @@ fn policy_config(overflow: &str) -> String {
 fn run_policy(overflow: &str) -> (serde_json::Value, std::process::Output, String, u64) {
     let daemon = Daemon::start(Some(&policy_config(overflow)));
     let fast = subscriber(&daemon, "p", &["--idle-ms", "3000"]);
-    let (slow, slow_err) = subscriber_with_stderr(
-        &daemon,
-        "p",
-        &["--idle-ms", "3000", "--slow-us", "20000"],
-    );
+    let (slow, slow_err) =
+        subscriber_with_stderr(&daemon, "p", &["--idle-ms", "3000", "--slow-us", "20000"]);
     let producer = daemon.peer(&[
-        "produce", "p", "--batches", "200", "--packets", "16", "--size", "64", "--pause-us",
+        "produce",
+        "p",
+        "--batches",
+        "200",
+        "--packets",
+        "16",
+        "--size",
+        "64",
+        "--pause-us",
         "2000",
     ]);
     let produced = wait_output(producer, DEADLINE);
@@ -348,7 +383,10 @@ fn run_policy(overflow: &str) -> (serde_json::Value, std::process::Output, Strin
         if stats[0].batches_in == 200 {
             break stats;
         }
-        assert!(Instant::now() < deadline, "the server never took 200 batches");
+        assert!(
+            Instant::now() < deadline,
+            "the server never took 200 batches"
+        );
         thread::sleep(Duration::from_millis(20));
     };
     let lost_by_stats = stats[0]
@@ -372,7 +410,10 @@ fn drop_oldest_and_drop_newest_lose_only_for_the_slow_subscriber_and_say_how_muc
         let slow = summary(&slow);
         let got = slow["batches"].as_u64().unwrap();
         let lost_in_band = slow["lost_batches"].as_u64().unwrap();
-        assert!(lost_by_stats > 0, "{policy}: the slow one lost some: {slow}");
+        assert!(
+            lost_by_stats > 0,
+            "{policy}: the slow one lost some: {slow}"
+        );
         assert_eq!(
             got + lost_by_stats,
             200,

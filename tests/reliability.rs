@@ -167,3 +167,126 @@ fn limits_are_refused_with_a_clear_error_and_counted() {
     let stats = packet_ipc::broker::stats(&opts, Some("small")).unwrap();
     assert_eq!(stats[0].refused, 2);
 }
+
+fn proc_status(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn a_stopped_subscriber_loses_an_exact_count_and_the_others_nothing() {
+    let daemon = Daemon::start(Some(
+        "[servers.s]\nqueue-depth = 8\noverflow = \"drop-oldest\"\n",
+    ));
+    let opts = options(&daemon, Duration::ZERO);
+    let mut fine = daemon.peer(&["subscribe", "s", "--count", "3200"]);
+    wait_stderr_line(&mut fine, "subscribed to");
+    let mut stalled = daemon.peer(&["subscribe", "s", "--idle-ms", "2000"]);
+    wait_stderr_line(&mut stalled, "subscribed to");
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(stalled.id() as i32, libc::SIGSTOP) };
+    let mut producer = Producer::connect_with("s", opts.clone()).unwrap();
+    for b in 0..200 {
+        producer.send(&packets(16, 64, b)).unwrap();
+    }
+    let fine = summary(&wait_output(fine, DEADLINE));
+    assert_eq!(fine["packets"], 3200, "the others receive everything");
+    assert_eq!(fine["lost_batches"], 0);
+    let deadline = Instant::now() + DEADLINE;
+    let stats = loop {
+        let s = packet_ipc::broker::stats(&opts, Some("s")).unwrap();
+        if s[0].batches_in == 200 {
+            break s;
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stalled_stats = stats[0]
+        .subscribers
+        .iter()
+        .find(|s| s.pid == stalled.id())
+        .cloned()
+        .unwrap();
+    // Stopped, it holds its credit window and its queue; everything else was dropped.
+    assert_eq!(stalled_stats.queued, 8);
+    assert_eq!(
+        stalled_stats.lost_batches + stalled_stats.queued + stalled_stats.in_flight,
+        200
+    );
+    assert_eq!(stalled_stats.lost_packets, stalled_stats.lost_batches * 16);
+    // SAFETY: as above.
+    unsafe { libc::kill(stalled.id() as i32, libc::SIGCONT) };
+    let s = summary(&wait_output(stalled, DEADLINE));
+    assert_eq!(
+        s["lost_batches"].as_u64().unwrap(),
+        stalled_stats.lost_batches
+    );
+    assert_eq!(
+        s["batches"].as_u64().unwrap() + stalled_stats.lost_batches,
+        200,
+        "what it did not receive, it was told it lost"
+    );
+}
+
+#[test]
+fn a_thousand_connect_kill_cycles_leave_nothing_behind() {
+    let daemon = Daemon::start(None);
+    let pid = daemon.pid();
+    let opts = options(&daemon, Duration::ZERO);
+    let settle = |want_subs: usize| {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let s = packet_ipc::broker::stats(&opts, Some("default")).unwrap();
+            if s[0].subscribers.len() == want_subs && s[0].producers == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "clients never went away: {s:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Warm up (first allocations, thread stacks), then take the baseline.
+    let cycle = |n: u64| {
+        let mut sub = daemon.peer(&["subscribe", "default"]);
+        wait_stderr_line(&mut sub, "subscribed to");
+        if n % 2 == 0 {
+            // Every other cycle a producer is killed mid-stream too.
+            let mut p = daemon.peer(&["produce", "default", "--batches", "1000000"]);
+            wait_stderr_line(&mut p, "connected to");
+            p.kill().unwrap();
+            p.wait().unwrap();
+        }
+        sub.kill().unwrap();
+        sub.wait().unwrap();
+    };
+    for n in 0..20 {
+        cycle(n);
+    }
+    settle(0);
+    let fds = open_fds(pid);
+    let rss = proc_status(pid, "VmRSS:");
+    let started = Instant::now();
+    for n in 0..1000 {
+        cycle(n);
+    }
+    settle(0);
+    let (fds_after, rss_after) = (open_fds(pid), proc_status(pid, "VmRSS:"));
+    eprintln!(
+        "1000 cycles in {:?}: fds {fds} -> {fds_after}, RSS {rss} kB -> {rss_after} kB",
+        started.elapsed()
+    );
+    assert_eq!(fds_after, fds, "open fds back at the baseline");
+    assert!(
+        rss_after < rss + 16 * 1024,
+        "RSS back near the baseline: {rss} kB -> {rss_after} kB"
+    );
+}

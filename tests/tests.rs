@@ -6,4 +6,5 @@
 
 mod broker;
 mod p2p;
+mod reliability;
 mod util;

@@ -3,6 +3,7 @@
 //! Nothing above this module names an ipc-channel type; it sees batches, descriptors and
 //! [`TransportError`]s.
 
+pub mod baseline;
 pub(crate) mod broker;
 pub(crate) mod frame;
 pub(crate) mod link;

@@ -1,0 +1,603 @@
+//! `packet-ipc bench`: the built-in benchmark (DESIGN §1.5).
+//!
+//! [`run`] starts its own `packet-ipcd` in a temporary runtime directory with one server
+//! (`overflow = "block"`), N subscriber processes and one producer (this process), and
+//! measures, in one run:
+//!
+//! 1. baselines: memcpy bandwidth of one core; raw ipc-channel point to point with the
+//!    same batches; an ipc-channel 64-byte ping-pong between two processes;
+//! 2. throughput, flat out, for `seconds`: every byte of every packet is written into the
+//!    batch (from a pool of source packets, as a capture program copies from its ring),
+//!    and every subscriber reads every packet's first and last byte;
+//! 3. latency, paced at `latency_rate` batches per second: the producer stamps the first
+//!    packet of each batch with `CLOCK_MONOTONIC` (shared by all processes) just before
+//!    sending, the subscriber reads the clock as it receives the batch.
+//!
+//! The subscriber processes are this same program run as [`subscriber_main`]; the
+//! baseline child runs [`baseline_child`]. The first byte of a batch's first packet says
+//! which phase it belongs to.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::broker::connect::ConnectOptions;
+use crate::transport::baseline;
+use crate::{AsIpcPacket, Producer, Subscriber};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const PHASE_THROUGHPUT: u8 = 0;
+const PHASE_LATENCY: u8 = 1;
+const PHASE_END: u8 = 2;
+/// Latency samples kept per phase per subscriber (a uniform reservoir).
+const RESERVOIR: usize = 8192;
+/// The server the bench creates.
+const SERVER: &str = "bench";
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Subscriber processes.
+    pub subscribers: usize,
+    /// Bytes per packet (at least 1: its first byte carries the phase).
+    pub packet_size: usize,
+    /// Packets per batch.
+    pub batch: usize,
+    /// Length of the throughput phase.
+    pub seconds: f64,
+    /// Batches per second in the latency phase.
+    pub latency_rate: u32,
+    /// Batches in the latency phase.
+    pub latency_batches: u32,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            subscribers: 8,
+            packet_size: 64,
+            batch: 256,
+            seconds: 5.0,
+            latency_rate: 1000,
+            latency_batches: 2000,
+        }
+    }
+}
+
+/// The figures of one run; the JSON keys are part of the contract (DESIGN §1.5).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BenchReport {
+    /// Packets per second delivered, summed over subscribers.
+    pub delivered_pps: f64,
+    /// GB/s (10^9 bytes) of packet data delivered, summed over subscribers.
+    pub delivered_gbps: f64,
+    /// Mean packets per second of one subscriber.
+    pub per_subscriber_pps: f64,
+    /// Packets per second the producer sent.
+    pub producer_pps: f64,
+    /// Median send→receive latency in the paced phase, µs.
+    pub latency_p50_us: f64,
+    /// 99th percentile send→receive latency in the paced phase, µs.
+    pub latency_p99_us: f64,
+    /// 99th percentile latency in the saturated phase (queueing included), µs.
+    pub saturated_latency_p99_us: f64,
+    /// Batches lost, summed over subscribers (0 expected under `block`).
+    pub lost_batches: u64,
+    /// The daemon's peak resident memory.
+    pub daemon_peak_rss_bytes: u64,
+    /// memcpy bandwidth of one core, GB/s.
+    pub baseline_memcpy_gbps: f64,
+    /// Raw ipc-channel point to point with the same batches, packets per second.
+    pub baseline_ipc_channel_pps: f64,
+    /// ipc-channel 64-byte round trip between two processes, 99th percentile, µs.
+    pub baseline_ipc_channel_rtt_p99_us: f64,
+    /// ipc-channel 64-byte round trip, median, µs.
+    pub baseline_ipc_channel_rtt_p50_us: f64,
+    /// Subscribers in the run.
+    pub subscribers: usize,
+    /// Bytes per packet.
+    pub packet_size: usize,
+    /// Packets per batch.
+    pub batch: usize,
+    /// Length of the throughput phase, s.
+    pub seconds: f64,
+}
+
+impl BenchReport {
+    /// A readable summary, with our figures as ratios to the baselines.
+    pub fn human(&self) -> String {
+        let r = self;
+        let mut s = String::new();
+        let mut line = |k: &str, v: String| s.push_str(&format!("{k:<34} {v}\n"));
+        line(
+            "setup",
+            format!(
+                "{} subscribers, {} B packets, {} per batch, {:.1} s, overflow = block",
+                r.subscribers, r.packet_size, r.batch, r.seconds
+            ),
+        );
+        line(
+            "delivered (all subscribers)",
+            format!(
+                "{:.1} Mpps, {:.2} GB/s ({:.2}x memcpy of one core)",
+                r.delivered_pps / 1e6,
+                r.delivered_gbps,
+                r.delivered_gbps / r.baseline_memcpy_gbps.max(f64::MIN_POSITIVE)
+            ),
+        );
+        line(
+            "per subscriber",
+            format!(
+                "{:.1} Mpps ({:.2}x raw ipc-channel point to point)",
+                r.per_subscriber_pps / 1e6,
+                r.per_subscriber_pps / r.baseline_ipc_channel_pps.max(f64::MIN_POSITIVE)
+            ),
+        );
+        line("producer", format!("{:.1} Mpps", r.producer_pps / 1e6));
+        line(
+            "latency, paced (p50 / p99)",
+            format!(
+                "{:.1} / {:.1} µs ({:.2}x ipc-channel round trip p99)",
+                r.latency_p50_us,
+                r.latency_p99_us,
+                r.latency_p99_us / r.baseline_ipc_channel_rtt_p99_us.max(f64::MIN_POSITIVE)
+            ),
+        );
+        line(
+            "latency, saturated (p99)",
+            format!("{:.1} µs", r.saturated_latency_p99_us),
+        );
+        line("lost batches", r.lost_batches.to_string());
+        line(
+            "daemon peak RSS",
+            format!(
+                "{:.1} MiB",
+                r.daemon_peak_rss_bytes as f64 / (1 << 20) as f64
+            ),
+        );
+        line(
+            "baseline: memcpy, one core",
+            format!("{:.2} GB/s", r.baseline_memcpy_gbps),
+        );
+        line(
+            "baseline: ipc-channel p2p",
+            format!("{:.1} Mpps", r.baseline_ipc_channel_pps / 1e6),
+        );
+        line(
+            "baseline: ipc-channel RTT p50/p99",
+            format!(
+                "{:.1} / {:.1} µs",
+                r.baseline_ipc_channel_rtt_p50_us, r.baseline_ipc_channel_rtt_p99_us
+            ),
+        );
+        s
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the same clock in every process of the machine.
+fn monotonic_nanos() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A source packet: its bytes, and the timestamp the producer stamps at send time.
+struct SourcePacket {
+    ts: SystemTime,
+    nanos: u64,
+    data: Vec<u8>,
+}
+
+impl AsIpcPacket for SourcePacket {
+    fn timestamp(&self) -> &SystemTime {
+        &self.ts
+    }
+    fn data(&self) -> &[u8] {
+        &self.data
+    }
+    fn timestamp_nanos(&self) -> u64 {
+        self.nanos
+    }
+}
+
+/// Percentile `p` (0..=1) of samples (sorted here).
+fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_by(f64::total_cmp);
+    let i = ((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1;
+    samples[i]
+}
+
+/// memcpy bandwidth of one core, GB/s, over a buffer larger than the caches.
+fn memcpy_gbps() -> f64 {
+    let len = 64 << 20;
+    let src = vec![0x5au8; len];
+    let mut dst = vec![0u8; len];
+    dst.copy_from_slice(&src); // fault the pages in first
+    let start = Instant::now();
+    let mut copied = 0usize;
+    while start.elapsed() < Duration::from_millis(500) {
+        dst.copy_from_slice(std::hint::black_box(&src));
+        copied += len;
+    }
+    std::hint::black_box(&dst);
+    copied as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+/// What one subscriber measured.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct SubscriberReport {
+    packets: u64,
+    bytes: u64,
+    /// Monotonic ns of the first and last throughput batch received.
+    first_ns: u64,
+    last_ns: u64,
+    lost_batches: u64,
+    saturated_us: Vec<f64>,
+    paced_us: Vec<f64>,
+}
+
+/// A uniform sample of at most [`RESERVOIR`] values.
+struct Reservoir {
+    kept: Vec<f64>,
+    seen: u64,
+    rng: u64,
+}
+
+impl Reservoir {
+    fn new(seed: u64) -> Self {
+        Reservoir {
+            kept: Vec::with_capacity(RESERVOIR),
+            seen: 0,
+            rng: seed | 1,
+        }
+    }
+    fn add(&mut self, v: f64) {
+        self.seen += 1;
+        if self.kept.len() < RESERVOIR {
+            self.kept.push(v);
+            return;
+        }
+        // xorshift64
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let j = self.rng % self.seen;
+        if (j as usize) < RESERVOIR {
+            self.kept[j as usize] = v;
+        }
+    }
+}
+
+/// The subscriber process of the bench: says `ready` on stdout once subscribed, reads
+/// every packet until the end marker, then prints its figures as one JSON line.
+pub fn subscriber_main(rendezvous: &Path) -> Result<(), BoxError> {
+    let options = ConnectOptions {
+        rendezvous: Some(rendezvous.to_owned()),
+        reconnect_wait: Duration::ZERO,
+        ..ConnectOptions::default()
+    };
+    let mut sub = Subscriber::connect_with(SERVER, options)?;
+    let mut out = std::io::stdout();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    let mut report = SubscriberReport::default();
+    let mut saturated = Reservoir::new(std::process::id() as u64);
+    let mut paced = Reservoir::new(!(std::process::id() as u64));
+    let mut touched = 0u8;
+    while let Some(batch) = sub.recv()? {
+        let now = monotonic_nanos();
+        let Some(first) = batch.iter().next() else {
+            continue;
+        };
+        let phase = first.bytes().first().copied().unwrap_or(PHASE_END);
+        if phase == PHASE_END {
+            break;
+        }
+        let latency_us = now.saturating_sub(first.timestamp_nanos()) as f64 / 1e3;
+        report.lost_batches += batch.lost();
+        let mut bytes = 0u64;
+        for p in &batch {
+            let d = p.bytes();
+            touched ^= d.first().copied().unwrap_or(0) ^ d.last().copied().unwrap_or(0);
+            bytes += d.len() as u64;
+        }
+        if phase == PHASE_THROUGHPUT {
+            if report.packets == 0 {
+                report.first_ns = now;
+            }
+            report.last_ns = now;
+            report.packets += batch.len() as u64;
+            report.bytes += bytes;
+            saturated.add(latency_us);
+        } else {
+            paced.add(latency_us);
+        }
+    }
+    std::hint::black_box(touched);
+    report.saturated_us = saturated.kept;
+    report.paced_us = paced.kept;
+    writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    Ok(())
+}
+
+/// The baseline child process of the bench.
+pub fn baseline_child(name: &str) -> Result<(), BoxError> {
+    Ok(baseline::child(name)?)
+}
+
+/// A temporary runtime directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<TempDir> {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        let path = std::env::temp_dir().join(format!("pib-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&path)?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed on drop unless it was waited for.
+struct Reaped(Option<Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Peak resident memory of a process, from `/proc/PID/status` (`VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Runs the whole benchmark. `program` is a command that runs this program (the
+/// subscriber and baseline roles are selected by the arguments the bench appends:
+/// `subscriber RENDEZVOUS` or `baseline NAME`); `daemon` is the `packet-ipcd` binary.
+pub fn run(
+    options: &BenchOptions,
+    program: &dyn Fn() -> Command,
+    daemon: &Path,
+) -> Result<BenchReport, BoxError> {
+    if options.packet_size == 0 || options.batch == 0 || options.subscribers == 0 {
+        return Err("--packet-size, --batch and --subscribers must be at least 1".into());
+    }
+    // Source packets: a ring of distinct packets, 64 batches' worth.
+    let ring = 64 * options.batch;
+    let mut source: Vec<SourcePacket> = (0..ring)
+        .map(|i| SourcePacket {
+            ts: SystemTime::UNIX_EPOCH,
+            nanos: 0,
+            data: (0..options.packet_size)
+                .map(|k| (i.wrapping_mul(31) + k) as u8 | 0x10)
+                .collect(),
+        })
+        .collect();
+    for p in source.iter_mut().step_by(options.batch) {
+        p.data[0] = PHASE_THROUGHPUT;
+    }
+
+    // Baselines.
+    let baseline_memcpy_gbps = memcpy_gbps();
+    let mut batch_bytes = Vec::new();
+    crate::batch::encode(&source[..options.batch], 0, 0, &mut batch_bytes)?;
+    let mut peer = baseline::Peer::start({
+        let mut c = program();
+        c.arg("baseline");
+        c
+    })?;
+    let ipc_batches = peer.throughput(
+        &batch_bytes,
+        Duration::from_secs_f64(options.seconds.min(2.0)),
+    )?;
+    let mut rtt = peer.round_trips(2000)?;
+    drop(peer);
+    let baseline_ipc_channel_rtt_p50_us = percentile(&mut rtt, 0.5);
+    let baseline_ipc_channel_rtt_p99_us = percentile(&mut rtt, 0.99);
+
+    // The daemon, in a directory of its own.
+    let dir = TempDir::new()?;
+    let config = dir.0.join("bench.toml");
+    let max_batch = crate::batch::encoded_len(&source[..options.batch]).max(16 << 20);
+    std::fs::write(
+        &config,
+        format!(
+            "[servers.{SERVER}]\noverflow = \"block\"\nqueue-depth = 64\n\
+             max-subscribers = {}\nmax-batch-bytes = {max_batch}\n",
+            options.subscribers + 1
+        ),
+    )?;
+    let log = std::fs::File::create(dir.0.join("daemon.log"))?;
+    let mut daemon = Reaped(Some(
+        Command::new(daemon)
+            .arg("--config")
+            .arg(&config)
+            .env("PACKET_IPC_RUNTIME_DIR", &dir.0)
+            .env_remove("PACKET_IPC_RENDEZVOUS")
+            .env_remove("PACKET_IPC_CONFIG")
+            .env_remove("NOTIFY_SOCKET")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?,
+    ));
+    let daemon_pid = daemon.0.as_ref().map_or(0, Child::id);
+    let rendezvous = dir.0.join("rendezvous.json");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&rendezvous)
+        .is_ok_and(|t| t.contains(&format!("\"pid\": {daemon_pid}")))
+    {
+        if started.elapsed() > Duration::from_secs(10) {
+            return Err("the bench's packet-ipcd did not start within 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // Subscribers, each ready before anything is sent.
+    let mut subs = Vec::new();
+    for _ in 0..options.subscribers {
+        let mut child = program()
+            .arg("subscriber")
+            .arg(&rendezvous)
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        let mut line = String::new();
+        lines.read_line(&mut line)?;
+        if line.trim() != "ready" {
+            return Err(format!("a bench subscriber failed to start: {line:?}").into());
+        }
+        subs.push((Reaped(Some(child)), lines));
+    }
+
+    let mut producer = Producer::connect_with(
+        SERVER,
+        ConnectOptions {
+            rendezvous: Some(rendezvous.clone()),
+            reconnect_wait: Duration::ZERO,
+            ..ConnectOptions::default()
+        },
+    )?;
+    let batches = source.len() / options.batch;
+
+    // Throughput, flat out.
+    let start = Instant::now();
+    let limit = Duration::from_secs_f64(options.seconds);
+    let mut sent = 0u64;
+    let mut i = 0;
+    while start.elapsed() < limit {
+        let chunk = &mut source[i * options.batch..(i + 1) * options.batch];
+        chunk[0].nanos = monotonic_nanos();
+        producer.send(chunk)?;
+        sent += options.batch as u64;
+        i = (i + 1) % batches;
+    }
+    let producer_pps = sent as f64 / start.elapsed().as_secs_f64();
+
+    // Latency, paced.
+    let period = Duration::from_secs_f64(1.0 / f64::from(options.latency_rate.max(1)));
+    let paced_start = Instant::now();
+    for n in 0..options.latency_batches {
+        let due = paced_start + period * n;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let chunk = &mut source[i * options.batch..(i + 1) * options.batch];
+        chunk[0].data[0] = PHASE_LATENCY;
+        chunk[0].nanos = monotonic_nanos();
+        producer.send(chunk)?;
+        chunk[0].data[0] = PHASE_THROUGHPUT;
+        i = (i + 1) % batches;
+    }
+    let end = &mut source[..1];
+    end[0].data[0] = PHASE_END;
+    producer.send(end)?;
+
+    // Reports.
+    let mut reports = Vec::new();
+    for (mut child, mut lines) in subs {
+        let mut line = String::new();
+        lines.read_line(&mut line)?;
+        reports.push(
+            serde_json::from_str::<SubscriberReport>(line.trim())
+                .map_err(|e| format!("a bench subscriber reported {line:?}: {e}"))?,
+        );
+        if let Some(mut c) = child.0.take() {
+            c.wait()?;
+        }
+    }
+    let daemon_peak_rss_bytes = peak_rss(daemon_pid);
+    if let Some(mut d) = daemon.0.take() {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(d.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = d.wait();
+    }
+
+    let rates: Vec<f64> = reports
+        .iter()
+        .map(|r| {
+            let secs = (r.last_ns.saturating_sub(r.first_ns)) as f64 / 1e9;
+            if secs > 0.0 {
+                r.packets as f64 / secs
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let delivered_pps: f64 = rates.iter().sum();
+    let mut paced: Vec<f64> = reports.iter().flat_map(|r| r.paced_us.clone()).collect();
+    let mut saturated: Vec<f64> = reports
+        .iter()
+        .flat_map(|r| r.saturated_us.clone())
+        .collect();
+    Ok(BenchReport {
+        delivered_pps,
+        delivered_gbps: delivered_pps * options.packet_size as f64 / 1e9,
+        per_subscriber_pps: delivered_pps / reports.len().max(1) as f64,
+        producer_pps,
+        latency_p50_us: percentile(&mut paced, 0.5),
+        latency_p99_us: percentile(&mut paced, 0.99),
+        saturated_latency_p99_us: percentile(&mut saturated, 0.99),
+        lost_batches: reports.iter().map(|r| r.lost_batches).sum(),
+        daemon_peak_rss_bytes,
+        baseline_memcpy_gbps,
+        baseline_ipc_channel_pps: ipc_batches * options.batch as f64,
+        baseline_ipc_channel_rtt_p99_us,
+        baseline_ipc_channel_rtt_p50_us,
+        subscribers: options.subscribers,
+        packet_size: options.packet_size,
+        batch: options.batch,
+        seconds: options.seconds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_reservoir() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&mut v, 0.5), 50.0);
+        assert_eq!(percentile(&mut v, 0.99), 99.0);
+        assert_eq!(percentile(&mut [], 0.5), 0.0);
+        let mut r = Reservoir::new(7);
+        for i in 0..(RESERVOIR as u64 * 4) {
+            r.add(i as f64);
+        }
+        assert_eq!(r.kept.len(), RESERVOIR);
+        assert_eq!(r.seen, RESERVOIR as u64 * 4);
+        // A uniform sample of 0..4N has a mean near 2N.
+        let mean = r.kept.iter().sum::<f64>() / RESERVOIR as f64;
+        let n = RESERVOIR as f64;
+        assert!((mean - 2.0 * n).abs() < 0.1 * n, "mean {mean}");
+    }
+}
