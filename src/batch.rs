@@ -133,8 +133,13 @@ pub fn record_len(caplen: usize) -> usize {
 
 /// The number of bytes [`encode_into`] writes for these packets.
 pub fn encoded_len<T: AsIpcPacket>(packets: &[T]) -> usize {
+    encoded_len_cut(packets, usize::MAX)
+}
+
+/// The number of bytes [`encode_into_cut`] writes for these packets.
+pub fn encoded_len_cut<T: AsIpcPacket>(packets: &[T], snaplen: usize) -> usize {
     packets.iter().fold(HEADER_LEN, |n, p| {
-        n.saturating_add(record_len(p.data().len()))
+        n.saturating_add(record_len(p.data().len().min(snaplen)))
     })
 }
 
@@ -149,7 +154,19 @@ pub fn encode_into<T: AsIpcPacket>(
     lost: u64,
     out: &mut [u8],
 ) -> Result<usize, BatchError> {
-    let needed = encoded_len(packets);
+    encode_into_cut(packets, seq, lost, out, usize::MAX)
+}
+
+/// Like [`encode_into`], cutting every packet to at most `snaplen` captured bytes (its
+/// original length is kept), as a capture with that snap length would have.
+pub fn encode_into_cut<T: AsIpcPacket>(
+    packets: &[T],
+    seq: u64,
+    lost: u64,
+    out: &mut [u8],
+    snaplen: usize,
+) -> Result<usize, BatchError> {
+    let needed = encoded_len_cut(packets, snaplen);
     if needed > out.len() || needed > MAX_BATCH_LEN {
         return Err(BatchError::TooLarge {
             needed,
@@ -163,9 +180,10 @@ pub fn encode_into<T: AsIpcPacket>(
     write_header(out, count, needed as u32, seq, lost);
     let mut off = HEADER_LEN;
     for p in packets {
-        let data = p.data();
+        let whole = p.data();
+        let orig = p.orig_len().max(whole.len()).min(u32::MAX as usize) as u32;
+        let data = &whole[..whole.len().min(snaplen)];
         let caplen = data.len();
-        let orig = p.orig_len().max(caplen).min(u32::MAX as usize) as u32;
         let rec = &mut out[off..off + record_len(caplen)];
         rec[0..8].copy_from_slice(&p.timestamp_nanos().to_le_bytes());
         rec[8..12].copy_from_slice(&(caplen as u32).to_le_bytes());
@@ -469,6 +487,20 @@ mod tests {
         encode(&p, 0, 0, &mut buf).unwrap();
         let view = BatchView::parse(&buf).unwrap();
         assert_eq!(view.iter().next().unwrap().orig_len(), 10);
+    }
+
+    #[test]
+    fn packets_are_cut_to_the_snaplen_keeping_their_length() {
+        let p = [packet(1, vec![7; 100], 100), packet(2, vec![8; 10], 10)];
+        let mut buf = vec![0; encoded_len_cut(&p, 64)];
+        assert_eq!(buf.len(), 32 + 16 + 64 + 16 + 16);
+        encode_into_cut(&p, 0, 0, &mut buf, 64).unwrap();
+        let view = BatchView::parse(&buf).unwrap();
+        let got: Vec<_> = view
+            .iter()
+            .map(|p| (p.data().len(), p.orig_len()))
+            .collect();
+        assert_eq!(got, [(64, 100), (10, 10)]);
     }
 
     #[test]

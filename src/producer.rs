@@ -55,13 +55,14 @@ impl Producer {
         &self.info
     }
 
-    /// Sends the packets as one batch. Under `overflow = "block"` this waits while the
-    /// slowest subscriber catches up.
+    /// Sends the packets as one batch. Packets longer than the server's snaplen are cut
+    /// to it (their original length is kept). Under `overflow = "block"` this waits while
+    /// the slowest subscriber catches up.
     pub fn send<T: AsIpcPacket>(&mut self, packets: &[T]) -> Result<()> {
         if packets.is_empty() {
             return Ok(());
         }
-        let bytes = batch::encoded_len(packets);
+        let bytes = batch::encoded_len_cut(packets, self.info.snaplen as usize);
         if bytes > self.info.max_batch_bytes {
             return Err(Error::BatchTooLarge {
                 server: self.server.clone(),

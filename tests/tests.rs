@@ -5,6 +5,7 @@
 //! of stalling the suite.
 
 mod broker;
+mod cli;
 mod p2p;
 mod reliability;
 mod util;

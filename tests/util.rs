@@ -294,3 +294,10 @@ pub fn wait_stderr_line(child: &mut Child, line: &str) -> Stderr {
         reader: Some(reader),
     }
 }
+
+/// Sends a signal to a child process (a `packet-ipc` under test).
+pub fn signal(child: &Child, signal: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    assert_eq!(rc, 0, "signal the child");
+}

@@ -103,9 +103,13 @@ pub fn stats(
         Err(e) => return Err(Error::Spool(e.to_string())),
     };
     let t = options.connect_timeout;
-    let json = awaiting
-        .stats(t)
-        .map_err(|e| bootstrap_error("(stats)", t, e))?;
+    let json = awaiting.stats(t).map_err(|e| match e {
+        BootstrapError::NoAnswer => Error::NoDaemon(format!(
+            "packet-ipcd (pid {}) did not answer a stats request within {t:?}",
+            r.pid
+        )),
+        e => bootstrap_error(server.unwrap_or("(all)"), t, e),
+    })?;
     let mut all: Vec<super::ServerStats> = serde_json::from_str(&json)
         .map_err(|e| TransportError::Protocol(format!("stats answer: {e}")))?;
     if let Some(name) = server {

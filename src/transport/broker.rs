@@ -337,7 +337,8 @@ pub(crate) enum ProducerNotice {
 }
 
 impl ProducerConn {
-    /// Writes the batch into a free segment and sends its descriptor. When every segment
+    /// Writes the batch into a free segment (each packet cut to the server's snaplen) and
+    /// sends its descriptor. When every segment
     /// is held by subscribers, waits for one to come back (that is how `block` paces the
     /// producer). A notice from the daemon is returned instead of sending.
     pub(crate) fn send<T: AsIpcPacket>(
@@ -347,7 +348,8 @@ impl ProducerConn {
         if let Some(notice) = self.drain_back(false)? {
             return Ok(Some(notice));
         }
-        let len = batch::encoded_len(packets);
+        let snaplen = self.info.snaplen as usize;
+        let len = batch::encoded_len_cut(packets, snaplen);
         while !self.pool.can_acquire(len) {
             if let Some(notice) = self.drain_back(true)? {
                 return Ok(Some(notice));
@@ -356,7 +358,7 @@ impl ProducerConn {
         let Some(seg) = self.pool.acquire(len) else {
             return Err(TransportError::Protocol("segment pool inconsistent".into()));
         };
-        let written = batch::encode_into(packets, self.seq, 0, seg.buf)?;
+        let written = batch::encode_into_cut(packets, self.seq, 0, seg.buf, snaplen)?;
         let (id, fresh) = (seg.id, seg.announce.is_some());
         if let Some(shm) = seg.announce {
             self.ctrl
@@ -441,8 +443,14 @@ pub(crate) struct SubscriberConn {
 
 impl SubscriberConn {
     /// The next batch or notice; `None` waits without limit.
+    ///
+    /// Releases are sent in one message when this would otherwise wait, or once half of
+    /// the daemon's credit window is waiting to go back: one message per several batches
+    /// when they come fast, and never a stall for want of credit.
     pub(crate) fn next(&mut self, timeout: Option<Duration>) -> Result<SubEvent, TransportError> {
-        self.flush_releases()?;
+        if self.releases.len() >= crate::broker::CREDIT_WINDOW / 2 {
+            self.flush_releases()?;
+        }
         loop {
             if let Some(d) = self.pending.pop_front() {
                 if d.fresh {
@@ -451,13 +459,23 @@ impl SubscriberConn {
                 let lease = self.table.lease(&d, &self.releases)?;
                 return Ok(SubEvent::Batch(lease, d));
             }
-            let msg = match timeout {
-                None => self.data.recv().map_err(|e| ipc_err("receiving", e))?,
-                Some(t) => match self.data.try_recv_timeout(t) {
-                    Ok(msg) => msg,
-                    Err(TryRecvError::Empty) => return Ok(SubEvent::Timeout),
-                    Err(TryRecvError::IpcError(e)) => return Err(ipc_err("receiving", e)),
-                },
+            let msg = match self.data.try_recv() {
+                Ok(msg) => msg,
+                Err(TryRecvError::Empty) => {
+                    self.flush_releases()?;
+                    match timeout {
+                        None => super::retry(|| self.data.recv())
+                            .map_err(|e| ipc_err("receiving", e))?,
+                        Some(t) => match super::retry_timeout(t, |left| {
+                            self.data.try_recv_timeout(left)
+                        }) {
+                            Ok(msg) => msg,
+                            Err(TryRecvError::Empty) => return Ok(SubEvent::Timeout),
+                            Err(TryRecvError::IpcError(e)) => return Err(ipc_err("receiving", e)),
+                        },
+                    }
+                }
+                Err(TryRecvError::IpcError(e)) => return Err(ipc_err("receiving", e)),
             };
             match frame::parse(&msg)? {
                 Frame::Descs(descs) => self.pending.extend(descs),
@@ -479,7 +497,9 @@ impl SubscriberConn {
 
     fn wait_announcement(&mut self, seg: u32) -> Result<(), TransportError> {
         loop {
-            match self.ctrl.try_recv_timeout(Duration::from_secs(5)) {
+            match super::retry_timeout(Duration::from_secs(5), |left| {
+                self.ctrl.try_recv_timeout(left)
+            }) {
                 Ok(SegAnnounce { id, shm }) => {
                     self.table.insert(id, shm)?;
                     if id == seg {

@@ -343,7 +343,7 @@ impl LinkReader {
                 releases: release_rx,
             })
             .map_err(|e| ipc_err("sending the hello", e))?;
-        match ctrl_rx.try_recv_timeout(timeout) {
+        match super::retry_timeout(timeout, |left| ctrl_rx.try_recv_timeout(left)) {
             Ok(Ctrl::Welcome { version: PROTOCOL }) => {}
             Ok(Ctrl::Welcome { version }) => {
                 return Err(TransportError::Protocol(format!(
@@ -414,7 +414,7 @@ impl LinkReader {
                     return Some(Incoming::Failed(TransportError::Closed));
                 }
                 let msg = if block {
-                    d.data.recv()
+                    super::retry(|| d.data.recv())
                 } else {
                     match d.data.try_recv() {
                         Ok(msg) => Ok(msg),
@@ -471,7 +471,7 @@ fn read_loop(
     let mut table = SegmentTable::default();
     let mut emit = |item| out.send(item).is_ok();
     loop {
-        let result = match data.recv() {
+        let result = match super::retry(|| data.recv()) {
             Ok(msg) => receive(msg, ctrl, &mut table, &mut emit, releases),
             Err(IpcError::Disconnected) => Err(TransportError::Disconnected),
             Err(e) => Err(ipc_err("receiving a frame", e)),
@@ -537,7 +537,7 @@ fn wait_announcement(
     seg: u32,
 ) -> Result<(), TransportError> {
     loop {
-        match ctrl.try_recv_timeout(ANNOUNCE_WAIT) {
+        match super::retry_timeout(ANNOUNCE_WAIT, |left| ctrl.try_recv_timeout(left)) {
             Ok(Ctrl::Segment { id, shm }) => {
                 table.insert(id, shm)?;
                 if id == seg {

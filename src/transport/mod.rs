@@ -18,6 +18,40 @@ pub use shm::SegmentError;
 
 use crate::batch::BatchError;
 
+/// True when a blocking call was only interrupted by a signal.
+fn interrupted(e: &ipc_channel::IpcError) -> bool {
+    matches!(e, ipc_channel::IpcError::Io(io) if io.kind() == io::ErrorKind::Interrupted)
+}
+
+/// Runs a blocking receive again when a signal interrupts it (a program with signal
+/// handlers must not see `EINTR` as a failure of the link).
+pub(crate) fn retry<T>(
+    mut f: impl FnMut() -> Result<T, ipc_channel::IpcError>,
+) -> Result<T, ipc_channel::IpcError> {
+    loop {
+        match f() {
+            Err(e) if interrupted(&e) => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Like [`retry`] for a receive with a timeout: after an interruption, waits only for
+/// what is left of `timeout`.
+pub(crate) fn retry_timeout<T>(
+    timeout: Duration,
+    mut f: impl FnMut(Duration) -> Result<T, ipc_channel::TryRecvError>,
+) -> Result<T, ipc_channel::TryRecvError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match f(left) {
+            Err(ipc_channel::TryRecvError::IpcError(e)) if interrupted(&e) => continue,
+            r => return r,
+        }
+    }
+}
+
 /// A failure of the link between two processes.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

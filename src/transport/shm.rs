@@ -169,6 +169,11 @@ impl Releases {
         self.ids.lock().unwrap_or_else(|e| e.into_inner()).push(id);
     }
 
+    /// Segment ids queued now.
+    pub(crate) fn len(&self) -> usize {
+        self.ids.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Appends a release frame of everything queued to `out`, emptying the queue; false
     /// (and nothing appended) when nothing is queued.
     pub(crate) fn take_into(&self, out: &mut Vec<u8>) -> bool {

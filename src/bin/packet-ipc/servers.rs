@@ -1,0 +1,71 @@
+//! `packet-ipc servers [--json]`: the servers in the rendezvous file.
+
+use crate::pcap::linktype_text;
+use crate::{exit, Failure, Outcome};
+
+/// Lists the servers of the running daemon.
+pub fn run(json: bool) -> Outcome {
+    let servers = packet_ipc::list_servers(None)?;
+    if json {
+        // Every field of the rendezvous entry: name, linktype, snaplen, overflow, the
+        // spool directories and the groups.
+        let text = serde_json::to_string_pretty(&servers)
+            .map_err(|e| Failure::new(exit::SOFTWARE, format!("cannot write JSON: {e}")))?;
+        println!("{text}");
+        return Ok(());
+    }
+    if servers.is_empty() {
+        println!("the daemon has no server");
+        return Ok(());
+    }
+    let rows: Vec<[String; 5]> = servers
+        .iter()
+        .map(|s| {
+            let groups = match (&s.producer_group, &s.subscriber_group) {
+                (None, None) => "-".to_owned(),
+                (p, sub) => format!(
+                    "produce: {}, subscribe: {}",
+                    p.as_deref().unwrap_or("anyone"),
+                    sub.as_deref().unwrap_or("anyone")
+                ),
+            };
+            [
+                s.name.clone(),
+                linktype_text(s.linktype),
+                s.snaplen.to_string(),
+                s.overflow.clone(),
+                groups,
+            ]
+        })
+        .collect();
+    print_table(
+        &["NAME", "LINKTYPE", "SNAPLEN", "OVERFLOW", "GROUPS"],
+        &rows,
+    );
+    Ok(())
+}
+
+/// Prints rows under a header, each column as wide as its widest cell.
+pub fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: [&str; N]| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(*header);
+    for row in rows {
+        line(row.each_ref().map(String::as_str));
+    }
+}

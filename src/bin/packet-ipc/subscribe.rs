@@ -1,0 +1,253 @@
+//! `packet-ipc subscribe SERVER [--write FILE.pcap] [--count N] [--timeout SECS]
+//! [--reconnect-wait SECS] [--json]`: receives the packets of a server.
+//!
+//! Receiving ends normally (exit 0, with the summary) after exactly `--count` packets, at
+//! the end of the stream, at `--timeout`, or on SIGINT/SIGTERM. The pcap file is written
+//! batch by batch, each batch as whole records followed by a flush, so it is complete and
+//! valid whatever ends the command.
+
+use std::io::IsTerminal;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use packet_ipc::broker::connect::DEFAULT_RECONNECT_WAIT;
+use packet_ipc::{AsIpcPacket, ConnectOptions, Received, Subscriber};
+
+use crate::pcap::PcapOut;
+use crate::{exit, human, parse_seconds, stop_flag, Failure, Outcome};
+
+/// The longest one wait for a batch lasts, so that a signal is noticed promptly.
+const SLICE: Duration = Duration::from_millis(100);
+
+/// `subscribe` arguments.
+#[derive(Args)]
+pub struct SubscribeArgs {
+    /// The server to receive from.
+    server: String,
+    /// Write the packets to this pcap file (nanosecond timestamps; `-`: stdout).
+    #[arg(long, value_name = "FILE")]
+    write: Option<PathBuf>,
+    /// Stop after exactly N packets.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Stop after this many seconds (fractions allowed).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    timeout: Option<Duration>,
+    /// How long to wait for a daemon to come back when it stops [default: 30; 0: not at all].
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    reconnect_wait: Option<Duration>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Why receiving ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// `--count` packets received.
+    Count,
+    /// The server is gone for good.
+    Stream,
+    /// `--timeout` passed.
+    Timeout,
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// The reader of `--write -` went away.
+    OutputClosed,
+}
+
+impl End {
+    fn word(self) -> &'static str {
+        match self {
+            End::Count => "count",
+            End::Stream => "end",
+            End::Timeout => "timeout",
+            End::Signal => "signal",
+            End::OutputClosed => "output-closed",
+        }
+    }
+}
+
+/// Counters of the run.
+#[derive(Default)]
+struct Totals {
+    packets: u64,
+    bytes: u64,
+    lost_batches: u64,
+    batches: u64,
+    reconnections: u64,
+}
+
+/// Receives from the server.
+pub fn run(args: SubscribeArgs) -> Outcome {
+    let stop = stop_flag()?;
+    let options = ConnectOptions {
+        reconnect_wait: args.reconnect_wait.unwrap_or(DEFAULT_RECONNECT_WAIT),
+        ..ConnectOptions::default()
+    };
+    let mut subscriber = Subscriber::connect_with(&args.server, options.clone())?;
+    let info = subscriber.info().clone();
+    let to_stdout = args.write.as_ref().is_some_and(|p| p.as_os_str() == "-");
+    let mut out = match &args.write {
+        None => None,
+        Some(path) => {
+            let (name, sink): (String, Box<dyn std::io::Write>) = if to_stdout {
+                // Unbuffered: every commit is written through at once.
+                let fd = std::io::stdout()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| Failure::new(exit::IOERR, format!("cannot use stdout: {e}")))?;
+                ("stdout".to_owned(), Box::new(std::fs::File::from(fd)))
+            } else {
+                let file = std::fs::File::create(path).map_err(|e| {
+                    Failure::new(
+                        exit::CANTCREAT,
+                        format!("cannot create {}: {e}", path.display()),
+                    )
+                })?;
+                (path.display().to_string(), Box::new(file))
+            };
+            let pcap = PcapOut::new(sink, info.linktype, info.snaplen)
+                .map_err(|e| write_failure(&name, &e))?;
+            Some((name, pcap))
+        }
+    };
+    eprintln!("subscribed to {}", args.server);
+
+    let started = Instant::now();
+    let live = args.write.is_none() && std::io::stderr().is_terminal();
+    let mut last_tick = (Instant::now(), 0u64, 0u64);
+    let mut totals = Totals::default();
+    let end = loop {
+        if stop.load(Ordering::Relaxed) {
+            break End::Signal;
+        }
+        if args.count.is_some_and(|n| totals.packets >= n) {
+            break End::Count;
+        }
+        let mut wait = SLICE;
+        if let Some(limit) = args.timeout {
+            let left = limit.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                break End::Timeout;
+            }
+            wait = wait.min(left);
+        }
+        match subscriber.recv_timeout(wait)? {
+            Received::Batch(batch) => {
+                totals.batches += 1;
+                totals.lost_batches += batch.lost();
+                totals.reconnections += u64::from(batch.reconnected());
+                let take = match args.count {
+                    Some(n) => batch.len().min((n - totals.packets) as usize),
+                    None => batch.len(),
+                };
+                for packet in batch.iter().take(take) {
+                    let data = packet.data();
+                    totals.bytes += data.len() as u64;
+                    if let Some((name, pcap)) = &mut out {
+                        let orig = u32::try_from(packet.orig_len()).unwrap_or(u32::MAX);
+                        pcap.push(packet.timestamp_nanos(), data, orig)
+                            .map_err(|e| write_failure(name, &e))?;
+                    }
+                }
+                totals.packets += take as u64;
+                drop(batch);
+                if let Some((name, pcap)) = &mut out {
+                    match pcap.commit() {
+                        Ok(()) => {}
+                        Err(e) if to_stdout && e.kind() == std::io::ErrorKind::BrokenPipe => {
+                            break End::OutputClosed;
+                        }
+                        Err(e) => return Err(write_failure(name, &e)),
+                    }
+                }
+            }
+            Received::Timeout => {}
+            Received::End => break End::Stream,
+        }
+        if live && last_tick.0.elapsed() >= Duration::from_secs(1) {
+            let (at, packets, bytes) = last_tick;
+            let span = at.elapsed();
+            eprintln!(
+                "{} packets, {}, {} lost batches; last second: {}",
+                totals.packets,
+                human::bytes(totals.bytes),
+                totals.lost_batches,
+                human::rate(totals.packets - packets, totals.bytes - bytes, span)
+            );
+            last_tick = (Instant::now(), totals.packets, totals.bytes);
+        }
+    };
+    let elapsed = started.elapsed();
+    let lost_packets = if totals.lost_batches > 0 {
+        lost_packets(&options, &args.server, subscriber.id())
+    } else {
+        0
+    };
+    drop(subscriber);
+    drop(out);
+
+    let summary = if args.json {
+        serde_json::json!({
+            "server": args.server,
+            "packets": totals.packets,
+            "bytes": totals.bytes,
+            "lost_batches": totals.lost_batches,
+            "lost_packets": lost_packets,
+            "batches": totals.batches,
+            "reconnections": totals.reconnections,
+            "seconds": elapsed.as_secs_f64(),
+            "packets_per_second": human::per_second(totals.packets, elapsed),
+            "bits_per_second": human::per_second(totals.bytes, elapsed) * 8.0,
+            "end": end.word(),
+        })
+        .to_string()
+    } else {
+        let lost = if totals.lost_batches > 0 {
+            format!(
+                "{} lost batches ({lost_packets} packets)",
+                totals.lost_batches
+            )
+        } else {
+            "0 lost batches".to_owned()
+        };
+        format!(
+            "received {} packets, {} bytes ({}), {lost} from {} in {}: {} (end: {})",
+            totals.packets,
+            totals.bytes,
+            human::bytes(totals.bytes),
+            args.server,
+            human::duration(elapsed),
+            human::rate(totals.packets, totals.bytes, elapsed),
+            end.word()
+        )
+    };
+    if to_stdout {
+        eprintln!("{summary}");
+    } else {
+        println!("{summary}");
+    }
+    Ok(())
+}
+
+/// The packets in the batches dropped for this subscriber, from the daemon's counters
+/// (the batches themselves say only how many batches were lost). 0 if it cannot tell.
+fn lost_packets(options: &ConnectOptions, server: &str, id: Option<u64>) -> u64 {
+    let Some(id) = id else { return 0 };
+    let Ok(servers) = packet_ipc::broker::connect::stats(options, Some(server)) else {
+        return 0;
+    };
+    servers
+        .iter()
+        .flat_map(|s| &s.subscribers)
+        .find(|s| s.id == id)
+        .map_or(0, |s| s.lost_packets)
+}
+
+fn write_failure(name: &str, e: &std::io::Error) -> Failure {
+    Failure::new(exit::IOERR, format!("cannot write {name}: {e}"))
+}
