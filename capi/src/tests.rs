@@ -1,0 +1,239 @@
+//! The exported functions called from Rust: argument checks, status codes, last error.
+//! (The C programs run against the built libraries in `tests/c_programs.rs`.)
+
+use std::ffi::CStr;
+use std::ptr;
+
+use packet_ipc::broker::rendezvous::{Rendezvous, ServerEntry, RENDEZVOUS_VERSION};
+
+use super::*;
+
+fn last_error() -> String {
+    // SAFETY: pipc_last_error returns a valid NUL-terminated string.
+    unsafe { CStr::from_ptr(pipc_last_error()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn strerror(status: c_int) -> String {
+    // SAFETY: pipc_strerror returns a static NUL-terminated string.
+    unsafe { CStr::from_ptr(pipc_strerror(status)) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A pointer value no function may keep when it fails.
+fn dangling<T>() -> *mut T {
+    ptr::NonNull::dangling().as_ptr()
+}
+
+#[test]
+fn null_pointers_are_rejected_with_a_status() {
+    let server = c"default".as_ptr();
+    // SAFETY: every pointer passed below is NULL, a valid string, or a valid out slot.
+    unsafe {
+        let mut producer: *mut pipc_producer = dangling();
+        assert_eq!(
+            pipc_producer_connect(ptr::null(), &mut producer),
+            PIPC_ERR_INVALID_ARGUMENT
+        );
+        assert!(producer.is_null(), "*out is NULL after a failure");
+        assert!(last_error().contains("server is NULL"), "{}", last_error());
+        assert_eq!(
+            pipc_producer_connect(server, ptr::null_mut()),
+            PIPC_ERR_INVALID_ARGUMENT
+        );
+        assert!(last_error().contains("out is NULL"), "{}", last_error());
+
+        let packet = pipc_packet {
+            ts_nanos: 1,
+            caplen: 0,
+            origlen: 0,
+            data: ptr::null(),
+        };
+        assert_eq!(
+            pipc_producer_send(ptr::null_mut(), &packet, 1),
+            PIPC_ERR_INVALID_ARGUMENT
+        );
+        assert!(last_error().contains("p is NULL"), "{}", last_error());
+
+        let mut subscriber: *mut pipc_subscriber = dangling();
+        assert_eq!(
+            pipc_subscriber_connect(ptr::null(), &mut subscriber),
+            PIPC_ERR_INVALID_ARGUMENT
+        );
+        assert!(subscriber.is_null());
+        assert_eq!(
+            pipc_subscriber_connect(server, ptr::null_mut()),
+            PIPC_ERR_INVALID_ARGUMENT
+        );
+
+        let mut batch: *mut pipc_batch = dangling();
+        assert_eq!(
+            pipc_subscriber_recv(ptr::null_mut(), 0, &mut batch),
+            PIPC_ERR_INVALID_ARGUMENT
+        );
+        assert!(batch.is_null());
+        assert!(last_error().contains("s is NULL"), "{}", last_error());
+        assert_eq!(
+            pipc_subscriber_recv(dangling(), -1, ptr::null_mut()),
+            PIPC_ERR_INVALID_ARGUMENT,
+            "out is checked before the subscriber is touched"
+        );
+
+        let mut out = packet;
+        assert_eq!(
+            pipc_batch_get(ptr::null(), 0, &mut out),
+            PIPC_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(out.ts_nanos, 1, "*out is untouched");
+        assert_eq!(pipc_batch_len(ptr::null()), 0);
+        assert_eq!(pipc_batch_seq(ptr::null()), 0);
+        assert_eq!(pipc_batch_lost(ptr::null()), 0);
+    }
+}
+
+#[test]
+fn free_accepts_null() {
+    // SAFETY: NULL is accepted by every _free.
+    unsafe {
+        pipc_producer_free(ptr::null_mut());
+        pipc_subscriber_free(ptr::null_mut());
+        pipc_batch_free(ptr::null_mut());
+    }
+}
+
+#[test]
+fn every_status_has_its_own_text() {
+    let codes: Vec<c_int> = STATUS_TEXT.iter().map(|(c, _)| *c).collect();
+    // Success and the two non-errors are positive or zero, the errors negative and
+    // numbered from -1 without holes.
+    assert_eq!(&codes[..3], &[PIPC_OK, PIPC_END, PIPC_TIMEOUT]);
+    const { assert!(PIPC_END > 0 && PIPC_TIMEOUT > 0) };
+    let errors: Vec<c_int> = codes[3..].to_vec();
+    let want: Vec<c_int> = (1..=errors.len() as c_int).map(|n| -n).collect();
+    assert_eq!(errors, want);
+    assert_eq!(*errors.last().unwrap(), PIPC_ERR_INTERNAL);
+    let mut texts: Vec<String> = codes.iter().map(|&c| strerror(c)).collect();
+    assert!(texts.iter().all(|t| !t.is_empty() && t != "unknown status"));
+    texts.sort();
+    texts.dedup();
+    assert_eq!(texts.len(), codes.len(), "two codes share a text");
+    assert_eq!(strerror(-1000), "unknown status");
+    assert_eq!(strerror(3), "unknown status");
+}
+
+#[test]
+fn last_error_is_per_thread() {
+    std::thread::spawn(|| {
+        assert_eq!(last_error(), "", "no error yet on a new thread");
+        // SAFETY: NULL is an accepted argument.
+        let status = unsafe { pipc_producer_send(ptr::null_mut(), ptr::null(), 0) };
+        assert_eq!(status, PIPC_ERR_INVALID_ARGUMENT);
+        let here = last_error();
+        assert!(here.contains("pipc_producer_send"), "{here}");
+        std::thread::spawn(|| assert_eq!(last_error(), ""))
+            .join()
+            .unwrap();
+        assert_eq!(last_error(), here, "another thread left it alone");
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn a_panic_becomes_an_internal_error() {
+    std::thread::spawn(|| {
+        let status = guard("pipc_test", || panic!("boom"));
+        assert_eq!(status, PIPC_ERR_INTERNAL);
+        assert_eq!(last_error(), "pipc_test: panic: boom");
+        assert_eq!(guard_or("pipc_test", 7u64, || panic!("again")), 7);
+        assert_eq!(last_error(), "pipc_test: panic: again");
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn sending_reuses_its_scratch_vector() {
+    let data = [1u8, 2, 3];
+    let mut v: Vec<SendPacket<'_>> = Vec::with_capacity(64);
+    v.push(SendPacket {
+        ts: time_from_nanos(5),
+        data: &data,
+        orig_len: 3,
+    });
+    let ptr = v.as_ptr() as usize;
+    let back = recycle(v);
+    assert!(back.is_empty());
+    assert_eq!(back.capacity(), 64);
+    assert_eq!(back.as_ptr() as usize, ptr);
+}
+
+/// Connection failures, with the environment pointing at a rendezvous file this test
+/// writes. The only test that reads or changes the environment.
+#[test]
+fn connection_failures_name_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rendezvous.json");
+    std::env::set_var("PACKET_IPC_RENDEZVOUS", &path);
+    let name = c"default".as_ptr();
+    let mut producer: *mut pipc_producer = dangling();
+    let mut subscriber: *mut pipc_subscriber = dangling();
+
+    // No daemon: nothing at the rendezvous path.
+    // SAFETY: valid string and out slots (also below).
+    let status = unsafe { pipc_producer_connect(name, &mut producer) };
+    assert_eq!(status, PIPC_ERR_NO_DAEMON, "{}", last_error());
+    assert!(producer.is_null());
+    assert!(
+        last_error().contains(path.to_str().unwrap()),
+        "the detail names the rendezvous file: {}",
+        last_error()
+    );
+    // SAFETY: as above.
+    let status = unsafe { pipc_subscriber_connect(name, &mut subscriber) };
+    assert_eq!(status, PIPC_ERR_NO_DAEMON);
+    assert!(subscriber.is_null());
+
+    // A daemon (this process, as far as the file says) without that server.
+    let spool = dir.path().join("srv");
+    Rendezvous {
+        version: RENDEZVOUS_VERSION,
+        generation: 1,
+        pid: std::process::id(),
+        runtime_dir: dir.path().to_owned(),
+        control: dir.path().join("ctl"),
+        servers: vec![ServerEntry {
+            name: "default".into(),
+            linktype: 1,
+            snaplen: 65535,
+            overflow: "drop-oldest".into(),
+            producers: spool.join("pub"),
+            subscribers: spool.join("sub"),
+            producer_group: None,
+            subscriber_group: None,
+        }],
+    }
+    .write(&path)
+    .unwrap();
+    // SAFETY: as above.
+    let status = unsafe { pipc_subscriber_connect(c"capture9".as_ptr(), &mut subscriber) };
+    assert_eq!(status, PIPC_ERR_UNKNOWN_SERVER, "{}", last_error());
+    assert!(subscriber.is_null());
+    let detail = last_error();
+    assert!(
+        detail.contains("capture9") && detail.contains("default"),
+        "the detail names the server and those there are: {detail}"
+    );
+    // SAFETY: as above.
+    let status = unsafe { pipc_producer_connect(c"capture9".as_ptr(), &mut producer) };
+    assert_eq!(status, PIPC_ERR_UNKNOWN_SERVER);
+
+    // A name that is not UTF-8.
+    // SAFETY: as above.
+    let status = unsafe { pipc_producer_connect(c"\xff\xfe".as_ptr(), &mut producer) };
+    assert_eq!(status, PIPC_ERR_INVALID_ARGUMENT);
+    assert!(last_error().contains("UTF-8"), "{}", last_error());
+    std::env::remove_var("PACKET_IPC_RENDEZVOUS");
+}
