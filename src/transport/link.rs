@@ -37,7 +37,7 @@ const PROTOCOL: u32 = 1;
 /// Batches up to this many bytes travel inline by default. Measured on the 2-core
 /// reference machine with `cargo bench --bench point_to_point` (see README, Benchmarks):
 /// inline wins below it, a reused segment above it.
-pub const DEFAULT_INLINE_THRESHOLD: usize = 16 * 1024;
+pub const DEFAULT_INLINE_THRESHOLD: usize = 2 * 1024;
 
 /// How long a reader waits for a writer's segment announcement that must already be on
 /// its way (it is sent before the descriptor that names it).
