@@ -24,7 +24,6 @@
 //! as the same index into the message's file descriptors.
 
 use std::collections::HashMap;
-use std::io;
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
@@ -40,7 +39,7 @@ use serde_bytes::ByteBuf;
 
 use super::frame::{self, Desc, Frame, FrameBuf, NoticeCode};
 use super::shm::{Lease, PoolLimits, Releases, SegmentPool, SegmentTable};
-use super::TransportError;
+use super::{io_err, ipc_err, send_err, TransportError};
 use crate::batch;
 use crate::packet::AsIpcPacket;
 
@@ -118,30 +117,6 @@ enum WelcomeIn {
     Refused(String),
     Abort,
     Stats(String),
-}
-
-fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> TransportError {
-    move |source| TransportError::Io { what, source }
-}
-
-fn ipc_err(what: &'static str, e: IpcError) -> TransportError {
-    match e {
-        IpcError::Disconnected => TransportError::Disconnected,
-        IpcError::Io(source) => TransportError::Io { what, source },
-        IpcError::SerializationError(e) => TransportError::Protocol(format!("{what}: {e}")),
-    }
-}
-
-fn send_err(e: io::Error) -> TransportError {
-    match e.kind() {
-        io::ErrorKind::BrokenPipe
-        | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::NotConnected => TransportError::Disconnected,
-        _ => TransportError::Io {
-            what: "sending a frame",
-            source: e,
-        },
-    }
 }
 
 fn bad_frame(kind: u8) -> TransportError {

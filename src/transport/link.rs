@@ -12,7 +12,6 @@
 //! descriptor travels (see [`super::shm`]). A reader thread receives frames and hands
 //! batches to the consumer through a bounded or unbounded queue, as the original crate did.
 
-use std::io;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -27,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::frame::{self, Desc, Frame, FrameBuf};
 use super::shm::{PoolLimits, Releases, SegmentPool, SegmentTable};
-use super::TransportError;
+use super::{io_err, ipc_err, send_err, TransportError};
 use crate::batch::{self, Header};
 use crate::packet::{AsIpcPacket, BatchStorage};
 
@@ -61,30 +60,6 @@ enum Ctrl {
     Welcome { version: u32 },
     /// A new segment, or a larger one replacing the segment of that id.
     Segment { id: u32, shm: IpcSharedMemory },
-}
-
-fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> TransportError {
-    move |source| TransportError::Io { what, source }
-}
-
-fn ipc_err(what: &'static str, e: IpcError) -> TransportError {
-    match e {
-        IpcError::Disconnected => TransportError::Disconnected,
-        IpcError::Io(source) => TransportError::Io { what, source },
-        IpcError::SerializationError(e) => TransportError::Protocol(format!("{what}: {e}")),
-    }
-}
-
-fn send_err(e: io::Error) -> TransportError {
-    match e.kind() {
-        io::ErrorKind::BrokenPipe
-        | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::NotConnected => TransportError::Disconnected,
-        _ => TransportError::Io {
-            what: "sending a frame",
-            source: e,
-        },
-    }
 }
 
 /// A writer's listening end: one reader may connect to it.

@@ -18,6 +18,35 @@ pub use shm::SegmentError;
 
 use crate::batch::BatchError;
 
+/// Maps an I/O error to a [`TransportError`] saying what was being done.
+pub(crate) fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> TransportError {
+    move |source| TransportError::Io { what, source }
+}
+
+/// Maps an ipc-channel error: a closed peer is [`TransportError::Disconnected`].
+pub(crate) fn ipc_err(what: &'static str, e: ipc_channel::IpcError) -> TransportError {
+    match e {
+        ipc_channel::IpcError::Disconnected => TransportError::Disconnected,
+        ipc_channel::IpcError::Io(source) => TransportError::Io { what, source },
+        ipc_channel::IpcError::SerializationError(e) => {
+            TransportError::Protocol(format!("{what}: {e}"))
+        }
+    }
+}
+
+/// Maps a failed send: a peer that is gone is [`TransportError::Disconnected`].
+pub(crate) fn send_err(e: io::Error) -> TransportError {
+    match e.kind() {
+        io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::NotConnected => TransportError::Disconnected,
+        _ => TransportError::Io {
+            what: "sending a frame",
+            source: e,
+        },
+    }
+}
+
 /// True when a blocking call was only interrupted by a signal.
 fn interrupted(e: &ipc_channel::IpcError) -> bool {
     matches!(e, ipc_channel::IpcError::Io(io) if io.kind() == io::ErrorKind::Interrupted)
