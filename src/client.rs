@@ -105,7 +105,7 @@ impl Client {
     /// The packets share the batches they came in (no copy); those batches are given back
     /// to the server when their last packet is dropped.
     pub fn recv(&mut self, size: usize) -> Result<Option<Vec<SharedPacket>>> {
-        self.reader.flush_releases();
+        self.reader.flush_some_releases();
         if let Some(e) = self.corrupt.take() {
             return Err(e.into());
         }
@@ -164,13 +164,13 @@ impl Client {
         out.reserve(want);
         let mut records = Records::resume(cur.storage.bytes(), cur.off, cur.left);
         for _ in 0..want {
-            let Some((p, at)) = records.next_with_offset() else {
+            let Some((p, _)) = records.next_with_offset() else {
                 let (offset, left) = records.position();
                 let index = cur.storage_count - left;
                 self.current = None;
                 return Err(BatchError::RecordOverrun { index, offset });
             };
-            out.push(SharedPacket::new(Arc::clone(&cur.storage), &p, at as u32));
+            out.push(SharedPacket::new(Arc::clone(&cur.storage), &p));
         }
         (cur.off, cur.left) = records.position();
         if cur.left == 0 {

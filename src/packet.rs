@@ -177,21 +177,40 @@ pub(crate) trait BatchStorage: Send + Sync {
 /// ([`Packet::from_packet`]).
 #[derive(Clone)]
 pub struct SharedPacket {
+    /// Keeps the batch, and so `data`, alive and unchanged.
+    #[allow(
+        dead_code,
+        reason = "held for what it keeps alive; read only by a debug check"
+    )]
     storage: Arc<dyn BatchStorage>,
     ts: SystemTime,
     ts_nanos: u64,
-    offset: u32,
+    /// The captured bytes, inside `storage`: read without going through it again.
+    data: *const u8,
     caplen: u32,
     orig_len: u32,
 }
 
+// SAFETY: `data` points into the bytes of `storage`, which is `Send + Sync` and which no one
+// writes or moves while any `SharedPacket` holds the `Arc` (an inline batch is a Vec that
+// is never touched again; a shared-memory segment is written again only after the last
+// reference is dropped and its release sent). So the pointer may be read from any thread.
+unsafe impl Send for SharedPacket {}
+// SAFETY: as above; `SharedPacket` gives out only shared references to those bytes.
+unsafe impl Sync for SharedPacket {}
+
 impl SharedPacket {
-    pub(crate) fn new(storage: Arc<dyn BatchStorage>, at: &PacketRef<'_>, offset: u32) -> Self {
+    /// A packet of the batch in `storage`; `at` must borrow from `storage.bytes()`.
+    pub(crate) fn new(storage: Arc<dyn BatchStorage>, at: &PacketRef<'_>) -> Self {
+        debug_assert!({
+            let all = storage.bytes().as_ptr_range();
+            at.data.is_empty() || all.contains(&at.data.as_ptr())
+        });
         SharedPacket {
             storage,
             ts: at.ts,
             ts_nanos: at.ts_nanos,
-            offset,
+            data: at.data.as_ptr(),
             caplen: at.data.len() as u32,
             orig_len: at.orig_len,
         }
@@ -213,13 +232,12 @@ impl AsIpcPacket for SharedPacket {
     fn timestamp(&self) -> &SystemTime {
         &self.ts
     }
+    #[inline]
     fn data(&self) -> &[u8] {
-        let start = self.offset as usize;
-        // The offsets were validated against this very buffer when the batch was decoded.
-        self.storage
-            .bytes()
-            .get(start..start + self.caplen as usize)
-            .unwrap_or_default()
+        // SAFETY: `data` and `caplen` describe bytes inside the batch that `storage` keeps
+        // alive and unchanged for as long as `self` lives (see the `Send` impl above), and
+        // they were checked to lie within it when the batch was read.
+        unsafe { std::slice::from_raw_parts(self.data, self.caplen as usize) }
     }
     fn orig_len(&self) -> usize {
         self.orig_len as usize

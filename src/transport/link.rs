@@ -38,6 +38,10 @@ const PROTOCOL: u32 = 1;
 /// inline wins below it, a reused segment above it.
 pub const DEFAULT_INLINE_THRESHOLD: usize = 2 * 1024;
 
+/// A writer reads the releases at least every this many shared-memory sends, and a
+/// bounded reader sends them in groups of this many (or when its queue runs dry).
+const RECLAIM_EVERY: u32 = 8;
+
 /// How long a reader waits for a writer's segment announcement that must already be on
 /// its way (it is sent before the descriptor that names it).
 const ANNOUNCE_WAIT: Duration = Duration::from_secs(5);
@@ -128,6 +132,7 @@ impl Listener {
             seq: 0,
             inline_threshold: options.inline_threshold,
             closed: false,
+            since_reclaim: 0,
         })
     }
 }
@@ -144,6 +149,8 @@ pub(crate) struct LinkWriter {
     seq: u64,
     inline_threshold: usize,
     closed: bool,
+    /// Shared-memory sends since releases were last read.
+    since_reclaim: u32,
 }
 
 impl LinkWriter {
@@ -184,7 +191,13 @@ impl LinkWriter {
         len: usize,
         seq: u64,
     ) -> Result<bool, TransportError> {
-        self.reclaim()?;
+        // Releases are read every few sends, or when no segment is free: ipc-channel's
+        // non-blocking receive costs three system calls, too many to spend on every batch.
+        self.since_reclaim += 1;
+        if self.since_reclaim >= RECLAIM_EVERY || !self.pool.can_acquire(len) {
+            self.since_reclaim = 0;
+            self.reclaim()?;
+        }
         let Some(seg) = self.pool.acquire(len) else {
             return Ok(false);
         };
@@ -283,6 +296,9 @@ struct Direct {
 /// The consumer's side of a connected reader.
 pub(crate) struct LinkReader {
     source: Source,
+    /// Releases gathered before they are sent: at most half of what the writer may keep
+    /// for this reader, so that the writer always has a segment free.
+    release_group: usize,
     releases: Arc<Releases>,
     release_tx: IpcBytesSender,
     release_frame: FrameBuf,
@@ -355,8 +371,10 @@ impl LinkReader {
                 Source::Thread(incoming)
             }
         };
+        let writer_keeps = buffer.unwrap_or(PoolLimits::default().max_segments);
         Ok(LinkReader {
             source,
+            release_group: (writer_keeps / 2).clamp(1, RECLAIM_EVERY as usize),
             releases,
             release_tx,
             release_frame: FrameBuf::default(),
@@ -423,6 +441,13 @@ impl LinkReader {
                     }
                 }
             },
+        }
+    }
+
+    /// Sends the releases when enough of them have gathered to be worth a message.
+    pub(crate) fn flush_some_releases(&mut self) {
+        if self.releases.len() >= self.release_group {
+            self.flush_releases();
         }
     }
 
