@@ -4,6 +4,7 @@
 //! processes and guards every wait with a deadline, so that a hang fails the test instead
 //! of stalling the suite.
 
+mod access;
 mod broker;
 mod cli;
 mod p2p;

@@ -24,6 +24,7 @@
 //! as the same index into the message's file descriptors.
 
 use std::collections::HashMap;
+use std::io;
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
@@ -142,17 +143,35 @@ pub(crate) struct Awaiting {
 /// moment of creation, under a lock that serializes this crate's own connections. (A
 /// program that reads `TMPDIR` from another thread at that very moment may see `dir`.)
 pub(crate) fn listen_in(dir: &Path) -> Result<Awaiting, TransportError> {
+    // ipc-channel panics (an assertion on the error kind) when it cannot create its
+    // directory, so find out first whether we may, and contain a panic all the same.
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| TransportError::Protocol("spool path contains a NUL byte".into()))?;
+    // SAFETY: `path` is a valid NUL-terminated string; access only reads it.
+    if unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return Err(io_err("creating the bootstrap socket")(
+            io::Error::last_os_error(),
+        ));
+    }
     let (server, name) = {
         let _guard = TMPDIR_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let saved = std::env::var_os("TMPDIR");
         // SAFETY (of intent; the call itself is safe in edition 2021): see above.
         std::env::set_var("TMPDIR", dir);
-        let made = IpcOneShotServer::<WelcomeIn>::new();
+        let made = std::panic::catch_unwind(IpcOneShotServer::<WelcomeIn>::new);
         match saved {
             Some(v) => std::env::set_var("TMPDIR", v),
             None => std::env::remove_var("TMPDIR"),
         }
-        made.map_err(io_err("creating the bootstrap socket"))?
+        match made {
+            Ok(made) => made.map_err(io_err("creating the bootstrap socket"))?,
+            Err(_) => {
+                return Err(TransportError::Protocol(format!(
+                    "ipc-channel failed to create a socket in {}",
+                    dir.display()
+                )))
+            }
+        }
     };
     // The daemon may run as another user: let it through the directory and into the
     // socket. The spool directory's own mode keeps everyone else out.
