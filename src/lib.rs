@@ -27,6 +27,8 @@ mod producer;
 mod server;
 mod stream;
 mod subscriber;
+#[doc(hidden)]
+pub mod testing;
 mod transport;
 
 pub use broker::connect::{list_servers, ConnectOptions, ServerInfo};

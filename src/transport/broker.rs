@@ -331,6 +331,70 @@ pub(crate) enum ProducerNotice {
 }
 
 impl ProducerConn {
+    /// Testing only: sends `bytes` as they are on the data channel (`sealed`: inside the
+    /// envelope, so that they reach the daemon's frame parser).
+    pub(crate) fn raw_frame(&mut self, bytes: &[u8], sealed: bool) -> Result<(), TransportError> {
+        let buf = self.frame.start();
+        buf.extend_from_slice(bytes);
+        let msg = if sealed {
+            self.frame.sealed()
+        } else {
+            self.frame.plain()
+        };
+        self.data.send(msg).map_err(send_err)
+    }
+
+    /// Testing only: writes `bytes` into a segment and sends a descriptor that claims
+    /// `claimed_len` bytes.
+    pub(crate) fn raw_batch(
+        &mut self,
+        bytes: &[u8],
+        claimed_len: u32,
+    ) -> Result<(), TransportError> {
+        let Some(seg) = self.pool.acquire(bytes.len().max(claimed_len as usize)) else {
+            return Err(TransportError::Protocol("no free segment".into()));
+        };
+        seg.buf[..bytes.len()].copy_from_slice(bytes);
+        let (id, fresh) = (seg.id, seg.announce.is_some());
+        if let Some(shm) = seg.announce {
+            self.ctrl
+                .send(SegAnnounce { id, shm })
+                .map_err(|e| ipc_err("announcing a segment", e))?;
+        }
+        self.descs.clear();
+        self.descs.push(Desc {
+            seg: id,
+            len: claimed_len,
+            seq: self.seq,
+            lost: 0,
+            fresh,
+        });
+        frame::push_descs(self.frame.start(), &self.descs);
+        self.data.send(self.frame.sealed()).map_err(send_err)
+    }
+
+    /// Testing only: announces `n` fresh segments of one page, each carrying a file
+    /// descriptor, with ids counting up from `first`.
+    pub(crate) fn announce_flood(&mut self, first: u32, n: u32) -> Result<(), TransportError> {
+        for id in first..first + n {
+            self.ctrl
+                .send(SegAnnounce {
+                    id,
+                    shm: IpcSharedMemory::from_byte(0, 4096),
+                })
+                .map_err(|e| ipc_err("announcing a segment", e))?;
+        }
+        Ok(())
+    }
+
+    /// Testing only: true once the daemon has said this producer is cut off.
+    pub(crate) fn cut_off(&mut self) -> Result<Option<String>, TransportError> {
+        match self.drain_back(false)? {
+            Some(ProducerNotice::Refused(why)) => Ok(Some(why)),
+            _ => Ok(None),
+        }
+    }
+
     /// Writes the batch into a free segment (each packet cut to the server's snaplen) and
     /// sends its descriptor. When every segment
     /// is held by subscribers, waits for one to come back (that is how `block` paces the

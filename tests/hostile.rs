@@ -1,0 +1,127 @@
+//! Hostile producers against the real daemon: each is cut off with a reason and logged
+//! once, the daemon stays up, and a well-behaved subscriber running meanwhile loses
+//! nothing.
+
+use std::time::{Duration, Instant};
+
+use packet_ipc::testing::HostileProducer;
+use packet_ipc::ConnectOptions;
+
+use crate::util::{packets, summary, wait_output, wait_stderr_line, Daemon, DEADLINE};
+
+type Attack = fn(&mut HostileProducer) -> packet_ipc::Result<()>;
+
+fn valid_batch() -> Vec<u8> {
+    let mut buf = Vec::new();
+    packet_ipc::batch::encode(&packets(10, 100, 7), 0, 0, &mut buf).unwrap();
+    buf
+}
+
+fn garbage_in_the_envelope(p: &mut HostileProducer) -> packet_ipc::Result<()> {
+    p.frame(b"\xde\xad\xbe\xef not a frame at all \x00\x01\x02", true)
+}
+
+fn garbage_without_envelope(p: &mut HostileProducer) -> packet_ipc::Result<()> {
+    p.frame(b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\x7f garbage", false)
+}
+
+fn a_frame_of_the_wrong_kind(p: &mut HostileProducer) -> packet_ipc::Result<()> {
+    // A release frame (kind 5, one id) where descriptors are expected.
+    p.frame(&[5, 0, 0, 0, 1, 0, 0, 0, 9, 0, 0, 0], true)
+}
+
+fn a_header_that_lies_about_its_length(p: &mut HostileProducer) -> packet_ipc::Result<()> {
+    let mut batch = valid_batch();
+    let real = batch.len() as u32;
+    batch[12..16].copy_from_slice(&(real * 2).to_le_bytes());
+    p.batch(&batch, real)
+}
+
+fn a_batch_over_max_batch_bytes(p: &mut HostileProducer) -> packet_ipc::Result<()> {
+    p.batch(&valid_batch(), 2 << 20)
+}
+
+fn a_thousand_file_descriptors(p: &mut HostileProducer) -> packet_ipc::Result<()> {
+    // The daemon cuts it off past its pool; later sends may then fail, which is fine.
+    let _ = p.flood(0, 1000);
+    Ok(())
+}
+
+#[test]
+fn hostile_producers_are_cut_off_and_hurt_nobody() {
+    let daemon = Daemon::start(Some(
+        "[servers.h]\nmax-batch-bytes = 1048576\nmax-producers = 16\n",
+    ));
+    let options = ConnectOptions {
+        rendezvous: Some(daemon.runtime().join("rendezvous.json")),
+        reconnect_wait: Duration::ZERO,
+        ..ConnectOptions::default()
+    };
+    let mut sub = daemon.peer(&["subscribe", "h", "--count", "12800"]);
+    wait_stderr_line(&mut sub, "subscribed to");
+    let mut good = daemon.peer(&[
+        "produce",
+        "h",
+        "--batches",
+        "50",
+        "--pause-us",
+        "20000",
+        "--size",
+        "64",
+    ]);
+    wait_stderr_line(&mut good, "connected to");
+
+    let attacks: [(&str, Attack); 6] = [
+        ("garbage in the envelope", garbage_in_the_envelope),
+        ("garbage without envelope", garbage_without_envelope),
+        ("a frame of the wrong kind", a_frame_of_the_wrong_kind),
+        ("a lying header", a_header_that_lies_about_its_length),
+        ("over max-batch-bytes", a_batch_over_max_batch_bytes),
+        ("a thousand fds", a_thousand_file_descriptors),
+    ];
+    let mut ids = Vec::new();
+    for (what, attack) in attacks {
+        let mut hostile = HostileProducer::connect("h", &options).unwrap();
+        ids.push(hostile.id());
+        attack(&mut hostile).unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match hostile.cut_off() {
+                Ok(Some(reason)) => {
+                    eprintln!("{what}: cut off: {reason}");
+                    break;
+                }
+                // The daemon closed the connection already: cut off too.
+                Err(_) => break,
+                Ok(None) => {}
+            }
+            assert!(Instant::now() < deadline, "{what}: never cut off");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            unsafe { libc::kill(daemon.pid() as i32, 0) },
+            0,
+            "{what}: daemon gone"
+        );
+    }
+
+    assert!(wait_output(good, DEADLINE).status.success());
+    let s = summary(&wait_output(sub, DEADLINE));
+    assert_eq!(
+        s["packets"], 12800,
+        "the well-behaved subscriber got everything"
+    );
+    assert_eq!(s["lost_batches"], 0);
+    let stats = packet_ipc::broker::stats(&options, Some("h")).unwrap();
+    assert_eq!(stats[0].dropped_clients, 6);
+    let log = daemon.log_text();
+    for id in ids {
+        let lines = log
+            .lines()
+            .filter(|l| l.contains("dropping producer") && l.contains(&format!("producer={id} ")))
+            .count();
+        assert_eq!(lines, 1, "producer {id} logged once:\n{log}");
+    }
+    assert!(!log.contains("panicked"), "{log}");
+}
