@@ -293,3 +293,111 @@ fn a_thousand_connect_kill_cycles_leave_nothing_behind() {
         "RSS back near the baseline: {rss} kB -> {rss_after} kB"
     );
 }
+
+#[test]
+fn a_soak_with_churning_clients_balances_every_counter() {
+    let daemon = Daemon::start(Some(
+        "[servers.soak]\nqueue-depth = 32\noverflow = \"drop-oldest\"\n\
+         max-producers = 8\nmax-subscribers = 32\n",
+    ));
+    let opts = options(&daemon, Duration::ZERO);
+    // Subscribers there from the first batch to the last: two that keep up, one slow.
+    let mut steady: Vec<Child> = [&[][..], &[][..], &["--slow-us", "20000"][..]]
+        .iter()
+        .map(|extra| {
+            let mut args = vec!["subscribe", "soak", "--idle-ms", "3000"];
+            args.extend_from_slice(extra);
+            let mut c = daemon.peer(&args);
+            wait_stderr_line(&mut c, "subscribed to");
+            c
+        })
+        .collect();
+    // Twelve seconds of churn: producers come and go, so do short-lived subscribers,
+    // some of them killed.
+    let started = Instant::now();
+    let (mut producers, mut visitors) = (Vec::new(), Vec::new());
+    let mut n = 0u32;
+    while started.elapsed() < Duration::from_secs(12) {
+        producers.push(daemon.peer(&[
+            "produce",
+            "soak",
+            "--batches",
+            "30",
+            "--packets",
+            "16",
+            "--size",
+            "64",
+            "--pause-us",
+            "2000",
+        ]));
+        let mut v = daemon.peer(&["subscribe", "soak", "--count", "64", "--idle-ms", "2000"]);
+        wait_stderr_line(&mut v, "subscribed to");
+        if n % 3 == 0 {
+            v.kill().unwrap();
+        }
+        visitors.push(v);
+        n += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let mut published = 0u64;
+    for p in producers {
+        let out = wait_output(p, DEADLINE);
+        assert!(out.status.success(), "{out:?}");
+        published += summary(&out)["packets"].as_u64().unwrap();
+    }
+    for v in visitors {
+        let _ = wait_output(v, DEADLINE);
+    }
+    // Once the steady subscribers have drained, what they lost is final.
+    let deadline = Instant::now() + DEADLINE;
+    let stats = loop {
+        let s = packet_ipc::broker::stats(&opts, Some("soak")).unwrap();
+        let drained = s[0].packets_in == published
+            && s[0]
+                .subscribers
+                .iter()
+                .all(|sub| sub.queued == 0 && sub.in_flight == 0);
+        if drained {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "never drained: {s:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!(
+        "soak: {n} producers and {n} visiting subscribers in {:?}, {published} packets",
+        started.elapsed()
+    );
+    let slow_pid = steady[2].id();
+    let slow = stats[0]
+        .subscribers
+        .iter()
+        .find(|s| s.pid == slow_pid)
+        .unwrap();
+    assert!(
+        slow.lost_batches > 0,
+        "the slow subscriber lost some: {slow:?}"
+    );
+    for sub in steady.drain(..) {
+        let pid = sub.id();
+        let counters = stats[0]
+            .subscribers
+            .iter()
+            .find(|s| s.pid == pid)
+            .cloned()
+            .unwrap();
+        let out = summary(&wait_output(sub, DEADLINE));
+        let received = out["packets"].as_u64().unwrap();
+        eprintln!(
+            "subscriber {pid}: received {received}, lost {}",
+            counters.lost_packets
+        );
+        assert_eq!(
+            received + counters.lost_packets,
+            published,
+            "subscriber {pid}: received {received} + lost {} = published",
+            counters.lost_packets
+        );
+        assert_eq!(counters.packets_out, received);
+        assert_eq!(out["lost_batches"].as_u64().unwrap(), counters.lost_batches);
+    }
+}
