@@ -125,3 +125,73 @@ fn hostile_producers_are_cut_off_and_hurt_nobody() {
     }
     assert!(!log.contains("panicked"), "{log}");
 }
+
+#[test]
+fn hostile_subscribers_are_cut_off_and_hurt_nobody() {
+    use packet_ipc::testing::HostileSubscriber;
+    let daemon = Daemon::start(Some("[servers.h]\n"));
+    let options = ConnectOptions {
+        rendezvous: Some(daemon.runtime().join("rendezvous.json")),
+        reconnect_wait: Duration::ZERO,
+        ..ConnectOptions::default()
+    };
+    let mut sub = daemon.peer(&["subscribe", "h", "--count", "12800"]);
+    wait_stderr_line(&mut sub, "subscribed to");
+    let mut good = daemon.peer(&[
+        "produce",
+        "h",
+        "--batches",
+        "50",
+        "--pause-us",
+        "20000",
+        "--size",
+        "64",
+    ]);
+    wait_stderr_line(&mut good, "connected to");
+
+    let attacks: [(&str, &[u8], bool); 4] = [
+        ("garbage in the envelope", b"\xde\xad\xbe\xef garbage", true),
+        (
+            "garbage without envelope",
+            b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\x7f",
+            false,
+        ),
+        // A release of segment 12345, which it was never given.
+        (
+            "a release of a segment it does not hold",
+            &[5, 0, 0, 0, 1, 0, 0, 0, 0x39, 0x30, 0, 0],
+            true,
+        ),
+        // A descriptor frame (kind 2, none) where releases are expected.
+        ("a frame of the wrong kind", &[2, 0, 0, 0, 0, 0, 0, 0], true),
+    ];
+    let mut ids = Vec::new();
+    for (what, bytes, sealed) in attacks {
+        let mut hostile = HostileSubscriber::connect("h", &options).unwrap();
+        ids.push(hostile.id());
+        hostile.release(bytes, sealed).unwrap();
+        let reason = hostile.cut_off(DEADLINE).unwrap();
+        eprintln!("{what}: cut off: {reason:?}");
+        assert!(reason.is_some(), "{what}: never cut off");
+    }
+
+    assert!(wait_output(good, DEADLINE).status.success());
+    let s = summary(&wait_output(sub, DEADLINE));
+    assert_eq!(
+        s["packets"], 12800,
+        "the well-behaved subscriber got everything"
+    );
+    assert_eq!(s["lost_batches"], 0);
+    let stats = packet_ipc::broker::stats(&options, Some("h")).unwrap();
+    assert_eq!(stats[0].dropped_clients, 4);
+    let log = daemon.log_text();
+    for id in ids {
+        let lines = log
+            .lines()
+            .filter(|l| {
+                l.contains("dropping subscriber") && l.contains(&format!("subscriber={id} "))
+            })
+            .count();
+        assert_eq!(lines, 1, "subscriber {id} logged once:\n{log}");
+    }
+}

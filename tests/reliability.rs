@@ -401,3 +401,42 @@ fn a_soak_with_churning_clients_balances_every_counter() {
         assert_eq!(out["lost_batches"].as_u64().unwrap(), counters.lost_batches);
     }
 }
+
+#[test]
+fn the_subscribe_command_keeps_running_across_a_daemon_restart() {
+    let daemon = Daemon::start(None);
+    let mut sub = daemon
+        .cli()
+        .args(["subscribe", "default", "--count", "200", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sub_err = wait_stderr_line(&mut sub, "subscribed to");
+    let mut producer =
+        Producer::connect_with("default", options(&daemon, Duration::from_secs(30))).unwrap();
+    producer.send(&packets(100, 64, 1)).unwrap();
+    let dir = {
+        let mut daemon = daemon;
+        daemon.signal(libc::SIGTERM);
+        let child = daemon.child.take().unwrap();
+        assert!(wait_output(child, DEADLINE).status.success());
+        std::mem::replace(&mut daemon.dir, tempfile::tempdir().unwrap())
+    };
+    let daemon = Daemon::start_in(dir, None);
+    let deadline = Instant::now() + DEADLINE;
+    while sub.try_wait().unwrap().is_none() {
+        producer.send(&packets(100, 64, 2)).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            Instant::now() < deadline,
+            "never finished: {}",
+            daemon.log_text()
+        );
+    }
+    let out = wait_output(sub, DEADLINE);
+    assert!(out.status.success(), "{}", sub_err.text());
+    let s = summary(&out);
+    assert_eq!(s["packets"], 200);
+    assert_eq!(s["reconnections"], 1, "{s}");
+}

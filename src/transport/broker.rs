@@ -543,6 +543,19 @@ impl SubscriberConn {
         }
     }
 
+    /// Testing only: sends `bytes` as they are on the release channel (`sealed`: inside
+    /// the envelope, so that they reach the daemon's frame parser).
+    pub(crate) fn raw_release(&mut self, bytes: &[u8], sealed: bool) -> Result<(), TransportError> {
+        let buf = self.frame.start();
+        buf.extend_from_slice(bytes);
+        let msg = if sealed {
+            self.frame.sealed()
+        } else {
+            self.frame.plain()
+        };
+        self.release_tx.send(msg).map_err(send_err)
+    }
+
     /// Sends the daemon every segment released since the last call.
     pub(crate) fn flush_releases(&mut self) -> Result<(), TransportError> {
         if self.releases.take_into(self.frame.start()) {
