@@ -22,9 +22,20 @@ fn users() -> bool {
         s.is_ok_and(|s| s.success() || s.code() == Some(9))
     };
     ok(run(Command::new("groupadd").arg(GROUP)))
-        && ok(run(Command::new("useradd")
-            .args(["-M", "-s", "/usr/sbin/nologin", "-G", GROUP, ALLOWED])))
-        && ok(run(Command::new("useradd").args(["-M", "-s", "/usr/sbin/nologin", DENIED])))
+        && ok(run(Command::new("useradd").args([
+            "-M",
+            "-s",
+            "/usr/sbin/nologin",
+            "-G",
+            GROUP,
+            ALLOWED,
+        ])))
+        && ok(run(Command::new("useradd").args([
+            "-M",
+            "-s",
+            "/usr/sbin/nologin",
+            DENIED,
+        ])))
 }
 
 /// `packet-ipc-peer ARGS` run as `user` (with that user's groups) against `daemon`.
@@ -61,13 +72,27 @@ fn only_the_configured_group_may_produce_and_subscribe() {
     let mut sub = peer_as(
         &daemon,
         ALLOWED,
-        &["subscribe", "secure", "--count", "256", "--reconnect-wait-ms", "0"],
+        &[
+            "subscribe",
+            "secure",
+            "--count",
+            "256",
+            "--reconnect-wait-ms",
+            "0",
+        ],
     );
     let sub_err = wait_stderr_line(&mut sub, "subscribed to");
     let producer = peer_as(
         &daemon,
         ALLOWED,
-        &["produce", "secure", "--batches", "1", "--reconnect-wait-ms", "0"],
+        &[
+            "produce",
+            "secure",
+            "--batches",
+            "1",
+            "--reconnect-wait-ms",
+            "0",
+        ],
     );
     let out = wait_output(producer, DEADLINE);
     assert!(out.status.success(), "{out:?}");
@@ -77,7 +102,11 @@ fn only_the_configured_group_may_produce_and_subscribe() {
 
     // Someone else is told why, naming the server and the group, in both roles.
     for role in ["subscribe", "produce"] {
-        let other = peer_as(&daemon, DENIED, &[role, "secure", "--reconnect-wait-ms", "0"]);
+        let other = peer_as(
+            &daemon,
+            DENIED,
+            &[role, "secure", "--reconnect-wait-ms", "0"],
+        );
         let out = wait_output(other, DEADLINE);
         assert!(!out.status.success(), "{role} as {DENIED} must fail");
         let err = String::from_utf8_lossy(&out.stderr);
@@ -96,14 +125,25 @@ fn only_the_configured_group_may_produce_and_subscribe() {
 
     // Nobody but the daemon writes the runtime directory or the rendezvous file.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(daemon.runtime()).unwrap().permissions().mode();
+    let mode = std::fs::metadata(daemon.runtime())
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o022, 0, "runtime directory mode {mode:o}");
     let touch = Command::new("setpriv")
-        .args([&format!("--reuid={DENIED}"), &format!("--regid={DENIED}"), "--init-groups", "--"])
+        .args([
+            &format!("--reuid={DENIED}"),
+            &format!("--regid={DENIED}"),
+            "--init-groups",
+            "--",
+        ])
         .arg("touch")
         .arg(daemon.runtime().join("rendezvous.json"))
         .stderr(Stdio::null())
         .status()
         .unwrap();
-    assert!(!touch.success(), "another user could write the rendezvous file");
+    assert!(
+        !touch.success(),
+        "another user could write the rendezvous file"
+    );
 }

@@ -332,7 +332,7 @@ fn a_soak_with_churning_clients_balances_every_counter() {
         ]));
         let mut v = daemon.peer(&["subscribe", "soak", "--count", "64", "--idle-ms", "2000"]);
         wait_stderr_line(&mut v, "subscribed to");
-        if n % 3 == 0 {
+        if n.is_multiple_of(3) {
             v.kill().unwrap();
         }
         visitors.push(v);
