@@ -120,6 +120,22 @@ enum WelcomeIn {
     Stats(String),
 }
 
+/// Testing only: sends `bytes` on `tx` as they are, or inside the envelope.
+fn send_raw(
+    frame: &mut FrameBuf,
+    tx: &IpcBytesSender,
+    bytes: &[u8],
+    sealed: bool,
+) -> Result<(), TransportError> {
+    frame.start().extend_from_slice(bytes);
+    let msg = if sealed {
+        frame.sealed()
+    } else {
+        frame.plain()
+    };
+    tx.send(msg).map_err(send_err)
+}
+
 fn bad_frame(kind: u8) -> TransportError {
     frame::FrameError::Unexpected(kind).into()
 }
@@ -270,6 +286,7 @@ impl Awaiting {
                 frame: FrameBuf::default(),
                 descs: Vec::with_capacity(1),
                 seq: 0,
+                since_drain: 0,
             }),
             _ => Err(TransportError::Protocol("expected a producer welcome".into()).into()),
         }
@@ -317,7 +334,12 @@ pub(crate) struct ProducerConn {
     frame: FrameBuf,
     descs: Vec<Desc>,
     seq: u64,
+    /// Batches sent since the back channel was last read.
+    since_drain: u32,
 }
+
+/// A producer reads its back channel at least every this many batches.
+const DRAIN_EVERY: u32 = 8;
 
 /// Something the daemon told a producer.
 #[derive(Debug)]
@@ -334,14 +356,7 @@ impl ProducerConn {
     /// Testing only: sends `bytes` as they are on the data channel (`sealed`: inside the
     /// envelope, so that they reach the daemon's frame parser).
     pub(crate) fn raw_frame(&mut self, bytes: &[u8], sealed: bool) -> Result<(), TransportError> {
-        let buf = self.frame.start();
-        buf.extend_from_slice(bytes);
-        let msg = if sealed {
-            self.frame.sealed()
-        } else {
-            self.frame.plain()
-        };
-        self.data.send(msg).map_err(send_err)
+        send_raw(&mut self.frame, &self.data, bytes, sealed)
     }
 
     /// Testing only: writes `bytes` into a segment and sends a descriptor that claims
@@ -355,22 +370,8 @@ impl ProducerConn {
             return Err(TransportError::Protocol("no free segment".into()));
         };
         seg.buf[..bytes.len()].copy_from_slice(bytes);
-        let (id, fresh) = (seg.id, seg.announce.is_some());
-        if let Some(shm) = seg.announce {
-            self.ctrl
-                .send(SegAnnounce { id, shm })
-                .map_err(|e| ipc_err("announcing a segment", e))?;
-        }
-        self.descs.clear();
-        self.descs.push(Desc {
-            seg: id,
-            len: claimed_len,
-            seq: self.seq,
-            lost: 0,
-            fresh,
-        });
-        frame::push_descs(self.frame.start(), &self.descs);
-        self.data.send(self.frame.sealed()).map_err(send_err)
+        let (id, announce) = (seg.id, seg.announce);
+        self.publish(id, announce, claimed_len)
     }
 
     /// Testing only: announces `n` fresh segments of one page, each carrying a file
@@ -403,8 +404,14 @@ impl ProducerConn {
         &mut self,
         packets: &[T],
     ) -> Result<Option<ProducerNotice>, TransportError> {
-        if let Some(notice) = self.drain_back(false)? {
-            return Ok(Some(notice));
+        // What the daemon sent back is read every few batches, or when no segment is free:
+        // ipc-channel's non-blocking receive costs three system calls.
+        self.since_drain += 1;
+        if self.since_drain >= DRAIN_EVERY {
+            self.since_drain = 0;
+            if let Some(notice) = self.drain_back(false)? {
+                return Ok(Some(notice));
+            }
         }
         let snaplen = self.info.snaplen as usize;
         let len = batch::encoded_len_cut(packets, snaplen);
@@ -417,8 +424,28 @@ impl ProducerConn {
             return Err(TransportError::Protocol("segment pool inconsistent".into()));
         };
         let written = batch::encode_into_cut(packets, self.seq, 0, seg.buf, snaplen)?;
-        let (id, fresh) = (seg.id, seg.announce.is_some());
-        if let Some(shm) = seg.announce {
+        let (id, announce) = (seg.id, seg.announce);
+        if let Err(e) = self.publish(id, announce, written as u32) {
+            // The daemon may have said why before it went: that is the better answer.
+            if let Ok(Some(notice)) = self.drain_back(false) {
+                return Ok(Some(notice));
+            }
+            return Err(e);
+        }
+        self.seq += 1;
+        Ok(None)
+    }
+
+    /// Sends the daemon the descriptor of the batch now in segment `id`, after the
+    /// segment itself when it is new to the daemon.
+    fn publish(
+        &mut self,
+        id: u32,
+        announce: Option<IpcSharedMemory>,
+        len: u32,
+    ) -> Result<(), TransportError> {
+        let fresh = announce.is_some();
+        if let Some(shm) = announce {
             self.ctrl
                 .send(SegAnnounce { id, shm })
                 .map_err(|e| ipc_err("announcing a segment", e))?;
@@ -426,15 +453,13 @@ impl ProducerConn {
         self.descs.clear();
         self.descs.push(Desc {
             seg: id,
-            len: written as u32,
+            len,
             seq: self.seq,
             lost: 0,
             fresh,
         });
         frame::push_descs(self.frame.start(), &self.descs);
-        self.data.send(self.frame.sealed()).map_err(send_err)?;
-        self.seq += 1;
-        Ok(None)
+        self.data.send(self.frame.sealed()).map_err(send_err)
     }
 
     /// Reads what the daemon sent back: releases go to the pool, a notice is returned.
@@ -546,14 +571,7 @@ impl SubscriberConn {
     /// Testing only: sends `bytes` as they are on the release channel (`sealed`: inside
     /// the envelope, so that they reach the daemon's frame parser).
     pub(crate) fn raw_release(&mut self, bytes: &[u8], sealed: bool) -> Result<(), TransportError> {
-        let buf = self.frame.start();
-        buf.extend_from_slice(bytes);
-        let msg = if sealed {
-            self.frame.sealed()
-        } else {
-            self.frame.plain()
-        };
-        self.release_tx.send(msg).map_err(send_err)
+        send_raw(&mut self.frame, &self.release_tx, bytes, sealed)
     }
 
     /// Sends the daemon every segment released since the last call.
