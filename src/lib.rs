@@ -15,7 +15,7 @@
 //!   directories, one hub thread per named server doing the fan-out, lifecycle.
 //! - [`Producer`] (`producer.rs`) and [`Subscriber`] (`subscriber.rs`): clients of the
 //!   daemon, which find it through the rendezvous file and reconnect by themselves.
-//! - [`bench`]: the built-in benchmark behind `packet-ipc bench`.
+//! - [`bench`](mod@bench): the built-in benchmark behind `packet-ipc bench`.
 //! - `src/bin/`: the `packet-ipcd` daemon and the `packet-ipc` tool, thin mains.
 
 pub mod batch;
