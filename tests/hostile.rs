@@ -195,3 +195,75 @@ fn hostile_subscribers_are_cut_off_and_hurt_nobody() {
         assert_eq!(lines, 1, "subscriber {id} logged once:\n{log}");
     }
 }
+
+#[test]
+fn raw_bytes_below_ipc_channel_cost_that_server_a_reconnection_only() {
+    // ipc-channel's receive path panics on a message whose framing lies; the daemon must
+    // contain it: that server restarts, its clients reconnect, other servers are untouched.
+    let daemon = Daemon::start(Some("[servers.h]\n[servers.other]\n"));
+    let mut sub = daemon.peer(&[
+        "subscribe",
+        "h",
+        "--count",
+        "2560",
+        "--reconnect-wait-ms",
+        "30000",
+    ]);
+    let sub_err = wait_stderr_line(&mut sub, "subscribed to");
+    let mut other = daemon.peer(&["subscribe", "other", "--count", "2560"]);
+    wait_stderr_line(&mut other, "subscribed to");
+    let attack = wait_output(daemon.peer(&["hostile-raw", "h"]), DEADLINE);
+    assert!(attack.status.success(), "{attack:?}");
+    assert!(
+        summary(&attack)["sockets_written"].as_u64().unwrap() > 0,
+        "{attack:?}"
+    );
+    let deadline = Instant::now() + DEADLINE;
+    while !daemon
+        .log_text()
+        .contains("restarting the server after its hub died")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no restart: {}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The subscriber of the restarted server comes back by itself.
+    let options = ConnectOptions {
+        rendezvous: Some(daemon.runtime().join("rendezvous.json")),
+        reconnect_wait: Duration::ZERO,
+        ..ConnectOptions::default()
+    };
+    while packet_ipc::broker::stats(&options, Some("h"))
+        .map(|s| s[0].subscribers.len())
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the subscriber never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Both servers serve.
+    for server in ["h", "other"] {
+        let p = daemon.peer(&[
+            "produce",
+            server,
+            "--batches",
+            "10",
+            "--reconnect-wait-ms",
+            "30000",
+        ]);
+        assert!(wait_output(p, DEADLINE).status.success());
+    }
+    let out = wait_output(sub, DEADLINE);
+    assert!(out.status.success(), "{}", sub_err.text());
+    let s = summary(&out);
+    assert_eq!(s["packets"], 2560);
+    assert_eq!(s["reconnects"], 1, "told it may have missed packets: {s}");
+    let s = summary(&wait_output(other, DEADLINE));
+    assert_eq!(s["packets"], 2560);
+    assert_eq!(s["reconnects"], 0, "the other server was not disturbed");
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    assert_eq!(unsafe { libc::kill(daemon.pid() as i32, 0) }, 0);
+}

@@ -81,6 +81,13 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Connect to a server of the daemon as a producer, then write bytes that do not
+    /// follow ipc-channel's framing straight onto the connection's sockets (a test of the
+    /// daemon's defences; Linux only).
+    HostileRaw {
+        /// The server's name.
+        server: String,
+    },
     /// Create a server, print its name, and send generated packets to its client.
     Serve {
         #[command(flatten)]
@@ -124,6 +131,7 @@ fn main() -> ExitCode {
             out,
         ),
         Cmd::Serve { gen, abort_after } => serve(gen, abort_after),
+        Cmd::HostileRaw { server } => hostile_raw(&server),
         Cmd::Produce {
             server,
             gen,
@@ -316,5 +324,51 @@ fn subscribe(
         "end": end,
     });
     println!("{summary}");
+    Ok(())
+}
+
+fn socket_fds() -> std::collections::BTreeSet<i32> {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+                })
+                .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn hostile_raw(server: &str) -> AnyResult {
+    let before = socket_fds();
+    let producer = packet_ipc::testing::HostileProducer::connect(server, &options(0))?;
+    let after = socket_fds();
+    eprintln!("connected to {server}");
+    // An ipc-channel message starts with its fragment size and total size (usize each).
+    // Claim a total larger than the fragment, with no channel to carry the rest.
+    let mut raw = Vec::new();
+    raw.extend_from_slice(&24usize.to_ne_bytes());
+    raw.extend_from_slice(&1000usize.to_ne_bytes());
+    raw.extend_from_slice(b"garbage!");
+    let mut written = 0;
+    for fd in after.difference(&before) {
+        // SAFETY: `fd` is an open socket of this process; send only reads `raw`.
+        let n = unsafe {
+            libc::send(
+                *fd,
+                raw.as_ptr().cast(),
+                raw.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            written += 1;
+        }
+    }
+    println!("{}", serde_json::json!({ "sockets_written": written }));
+    std::thread::sleep(Duration::from_millis(500));
+    drop(producer);
     Ok(())
 }

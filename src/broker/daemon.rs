@@ -93,6 +93,8 @@ const ONESHOT_SUFFIX: usize = "/.tmpXXXXXX/socket".len();
 const CONNECT_LIMIT: Duration = Duration::from_secs(2);
 /// How often the spool directories are swept of what dead clients left.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How often the daemon checks that every hub thread is alive.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
 /// A hub silent this long is stuck: the watchdog stops being fed.
 const HUB_STUCK_MS: u64 = 10_000;
 
@@ -306,6 +308,7 @@ pub async fn run(
     let mut watchdog_tick =
         tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
     let mut sweep_tick = tokio::time::interval(SWEEP_EVERY);
+    let mut health_tick = tokio::time::interval(HEALTH_EVERY);
     loop {
         tokio::select! {
             ctl = control.recv() => match ctl {
@@ -319,6 +322,7 @@ pub async fn run(
             },
             _ = watchdog_tick.tick(), if watchdog.is_some() => daemon.feed_watchdog(),
             _ = sweep_tick.tick() => daemon.sweep(),
+            _ = health_tick.tick() => daemon.restart_dead_hubs(&mut events),
         }
     }
     daemon.shutdown().await;
@@ -668,6 +672,32 @@ impl Daemon {
         }
         info!(servers = self.servers.len(), "configuration reloaded");
         notify(&[NotifyState::Ready]);
+    }
+
+    /// Starts again every server whose hub thread died (a panic below it): its clients see
+    /// their connection end and reconnect, told they may have missed packets.
+    fn restart_dead_hubs(&mut self, events: &mut inotify::EventStream<[u8; 8192]>) {
+        let dead: Vec<String> = self
+            .servers
+            .iter()
+            .filter(|(_, r)| r.hub.is_finished())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in dead {
+            let Some(running) = self.servers.remove(&name) else {
+                continue;
+            };
+            for wd in running.watches {
+                self.watched.remove(&wd);
+                let _ = events.watches().remove(wd);
+            }
+            running.hub.join();
+            error!(server = %name, "restarting the server after its hub died");
+            match self.start_server(events, &name, &running.config) {
+                Ok(()) => self.scan(&name),
+                Err(e) => error!(server = %name, error = %e, "cannot restart server"),
+            }
+        }
     }
 
     fn feed_watchdog(&self) {

@@ -142,6 +142,13 @@ impl HubHandle {
         now_ms.saturating_sub(self.heartbeat.load(Ordering::Relaxed))
     }
 
+    /// True when the hub's thread has ended (it stopped, or it panicked).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.thread
+            .as_ref()
+            .is_none_or(thread::JoinHandle::is_finished)
+    }
+
     /// Waits for the hub's thread to end.
     pub(crate) fn join(mut self) {
         if let Some(t) = self.thread.take() {
@@ -182,9 +189,18 @@ pub(crate) fn spawn(
     let heartbeat = Arc::new(AtomicU64::new(clock_ms(epoch)));
     let beat = Arc::clone(&heartbeat);
     let hub = Hub::new(name.clone(), config, poller, rx, ids);
+    let server = name.clone();
     let thread = thread::Builder::new()
         .name(format!("hub-{name}"))
-        .spawn(move || hub.run(&beat, epoch))
+        .spawn(move || {
+            // A panic here can only come from below us (ipc-channel's receive path meeting
+            // bytes that do not follow its framing). The daemon restarts the server; its
+            // clients reconnect by themselves.
+            let run = std::panic::AssertUnwindSafe(|| hub.run(&beat, epoch));
+            if std::panic::catch_unwind(run).is_err() {
+                tracing::error!(server = %server, "the server's hub panicked");
+            }
+        })
         .map_err(|source| TransportError::Io {
             what: "starting a hub thread",
             source,
