@@ -576,6 +576,9 @@ mod tests {
     }
 
     proptest! {
+        // Fuzzing within the test suite (cargo-fuzz needs a nightly toolchain): many
+        // more cases than the default for the decoders of untrusted bytes.
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
         #[test]
         fn round_trip(packets in proptest::collection::vec(arb_packet(), 0..40),
                       seq in any::<u64>(), lost in any::<u64>(), prefix in 0usize..3) {

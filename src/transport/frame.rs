@@ -376,6 +376,9 @@ mod tests {
     }
 
     proptest! {
+        // Fuzzing within the test suite (cargo-fuzz needs a nightly toolchain): many
+        // more cases than the default for the decoders of untrusted bytes.
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
         #[test]
         fn arbitrary_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             match parse(&bytes) {
