@@ -2,6 +2,7 @@
 //! once, the daemon stays up, and a well-behaved subscriber running meanwhile loses
 //! nothing.
 
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use packet_ipc::testing::HostileProducer;
@@ -47,11 +48,10 @@ fn a_thousand_file_descriptors(p: &mut HostileProducer) -> packet_ipc::Result<()
     Ok(())
 }
 
-#[test]
-fn hostile_producers_are_cut_off_and_hurt_nobody() {
-    let daemon = Daemon::start(Some(
-        "[servers.h]\nmax-batch-bytes = 1048576\nmax-producers = 16\n",
-    ));
+/// A daemon on `config` (with a server `h`), a subscriber of `h` waiting for 12800 packets,
+/// and a producer sending them over a second, started before any attack.
+fn well_behaved_pair(config: &str) -> (Daemon, ConnectOptions, Child, Child) {
+    let daemon = Daemon::start(Some(config));
     let options = ConnectOptions {
         rendezvous: Some(daemon.runtime().join("rendezvous.json")),
         reconnect_wait: Duration::ZERO,
@@ -70,6 +70,24 @@ fn hostile_producers_are_cut_off_and_hurt_nobody() {
         "64",
     ]);
     wait_stderr_line(&mut good, "connected to");
+    (daemon, options, sub, good)
+}
+
+/// The well-behaved pair finished, and the subscriber got every packet.
+fn assert_pair_unharmed(good: Child, sub: Child) {
+    assert!(wait_output(good, DEADLINE).status.success());
+    let s = summary(&wait_output(sub, DEADLINE));
+    assert_eq!(
+        s["packets"], 12800,
+        "the well-behaved subscriber got everything"
+    );
+    assert_eq!(s["lost_batches"], 0);
+}
+
+#[test]
+fn hostile_producers_are_cut_off_and_hurt_nobody() {
+    let (daemon, options, sub, good) =
+        well_behaved_pair("[servers.h]\nmax-batch-bytes = 1048576\nmax-producers = 16\n");
 
     let attacks: [(&str, Attack); 6] = [
         ("garbage in the envelope", garbage_in_the_envelope),
@@ -106,13 +124,7 @@ fn hostile_producers_are_cut_off_and_hurt_nobody() {
         );
     }
 
-    assert!(wait_output(good, DEADLINE).status.success());
-    let s = summary(&wait_output(sub, DEADLINE));
-    assert_eq!(
-        s["packets"], 12800,
-        "the well-behaved subscriber got everything"
-    );
-    assert_eq!(s["lost_batches"], 0);
+    assert_pair_unharmed(good, sub);
     let stats = packet_ipc::broker::stats(&options, Some("h")).unwrap();
     assert_eq!(stats[0].dropped_clients, 6);
     let log = daemon.log_text();
@@ -129,25 +141,7 @@ fn hostile_producers_are_cut_off_and_hurt_nobody() {
 #[test]
 fn hostile_subscribers_are_cut_off_and_hurt_nobody() {
     use packet_ipc::testing::HostileSubscriber;
-    let daemon = Daemon::start(Some("[servers.h]\n"));
-    let options = ConnectOptions {
-        rendezvous: Some(daemon.runtime().join("rendezvous.json")),
-        reconnect_wait: Duration::ZERO,
-        ..ConnectOptions::default()
-    };
-    let mut sub = daemon.peer(&["subscribe", "h", "--count", "12800"]);
-    wait_stderr_line(&mut sub, "subscribed to");
-    let mut good = daemon.peer(&[
-        "produce",
-        "h",
-        "--batches",
-        "50",
-        "--pause-us",
-        "20000",
-        "--size",
-        "64",
-    ]);
-    wait_stderr_line(&mut good, "connected to");
+    let (daemon, options, sub, good) = well_behaved_pair("[servers.h]\n");
 
     let attacks: [(&str, &[u8], bool); 4] = [
         ("garbage in the envelope", b"\xde\xad\xbe\xef garbage", true),
@@ -175,13 +169,7 @@ fn hostile_subscribers_are_cut_off_and_hurt_nobody() {
         assert!(reason.is_some(), "{what}: never cut off");
     }
 
-    assert!(wait_output(good, DEADLINE).status.success());
-    let s = summary(&wait_output(sub, DEADLINE));
-    assert_eq!(
-        s["packets"], 12800,
-        "the well-behaved subscriber got everything"
-    );
-    assert_eq!(s["lost_batches"], 0);
+    assert_pair_unharmed(good, sub);
     let stats = packet_ipc::broker::stats(&options, Some("h")).unwrap();
     assert_eq!(stats[0].dropped_clients, 4);
     let log = daemon.log_text();

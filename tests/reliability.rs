@@ -83,14 +83,7 @@ fn clients_reconnect_across_a_daemon_restart() {
         Producer::connect_with("default", options(&daemon, Duration::from_secs(30))).unwrap();
     producer.send(&packets(100, 64, 1)).unwrap();
     // Restart: a clean stop, then a new daemon over the same directory.
-    let dir = {
-        let mut daemon = daemon;
-        daemon.signal(libc::SIGTERM);
-        let child = daemon.child.take().unwrap();
-        assert!(wait_output(child, DEADLINE).status.success());
-        std::mem::replace(&mut daemon.dir, tempfile::tempdir().unwrap())
-    };
-    let daemon = Daemon::start_in(dir, None);
+    let daemon = daemon.restart(None);
     // The producer finds the new daemon by itself and sends there; the subscriber is
     // back in by then, or the batch waits... so keep sending until it has what it needs.
     let deadline = Instant::now() + DEADLINE;
@@ -416,14 +409,7 @@ fn the_subscribe_command_keeps_running_across_a_daemon_restart() {
     let mut producer =
         Producer::connect_with("default", options(&daemon, Duration::from_secs(30))).unwrap();
     producer.send(&packets(100, 64, 1)).unwrap();
-    let dir = {
-        let mut daemon = daemon;
-        daemon.signal(libc::SIGTERM);
-        let child = daemon.child.take().unwrap();
-        assert!(wait_output(child, DEADLINE).status.success());
-        std::mem::replace(&mut daemon.dir, tempfile::tempdir().unwrap())
-    };
-    let daemon = Daemon::start_in(dir, None);
+    let daemon = daemon.restart(None);
     let deadline = Instant::now() + DEADLINE;
     while sub.try_wait().unwrap().is_none() {
         producer.send(&packets(100, 64, 2)).unwrap();

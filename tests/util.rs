@@ -230,6 +230,17 @@ impl Daemon {
         assert_eq!(rc, 0, "signal the daemon");
     }
 
+    /// Stops the daemon with SIGTERM (it must exit 0) and starts a new one over the same
+    /// runtime directory, as a service restart does.
+    pub fn restart(mut self, config: Option<&str>) -> Daemon {
+        self.signal(libc::SIGTERM);
+        let child = self.child.take().expect("running");
+        let status = wait_output(child, DEADLINE).status;
+        assert!(status.success(), "the daemon stopped with {status:?}");
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("a directory"));
+        Daemon::start_in(dir, config)
+    }
+
     /// Sends SIGTERM and returns the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         self.signal(libc::SIGTERM);

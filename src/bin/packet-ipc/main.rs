@@ -115,6 +115,14 @@ impl From<packet_ipc::Error> for Failure {
 /// The result of a subcommand.
 pub type Outcome<T = ()> = Result<T, Failure>;
 
+/// Prints one JSON document on stdout (the `--json` output of a subcommand).
+pub fn print_json(value: &impl serde::Serialize) -> Outcome {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Failure::new(exit::SOFTWARE, format!("cannot write JSON: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
 /// Parses a number of seconds (`1.5`, `0`) into a duration.
 pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     let secs: f64 = text

@@ -1,7 +1,7 @@
 //! `packet-ipc servers [--json]`: the servers in the rendezvous file.
 
 use crate::pcap::linktype_text;
-use crate::{exit, Failure, Outcome};
+use crate::Outcome;
 
 /// Lists the servers of the running daemon.
 pub fn run(json: bool) -> Outcome {
@@ -9,10 +9,7 @@ pub fn run(json: bool) -> Outcome {
     if json {
         // Every field of the rendezvous entry: name, linktype, snaplen, overflow, the
         // spool directories and the groups.
-        let text = serde_json::to_string_pretty(&servers)
-            .map_err(|e| Failure::new(exit::SOFTWARE, format!("cannot write JSON: {e}")))?;
-        println!("{text}");
-        return Ok(());
+        return crate::print_json(&servers);
     }
     if servers.is_empty() {
         println!("the daemon has no server");

@@ -6,7 +6,7 @@ use packet_ipc::broker::connect;
 use packet_ipc::ConnectOptions;
 
 use crate::servers::print_table;
-use crate::{exit, Failure, Outcome};
+use crate::Outcome;
 
 /// `stats` arguments.
 #[derive(Args)]
@@ -22,11 +22,7 @@ pub struct StatsArgs {
 pub fn run(args: StatsArgs) -> Outcome {
     let servers = connect::stats(&ConnectOptions::default(), args.server.as_deref())?;
     if args.json {
-        let doc = serde_json::json!({ "servers": servers });
-        let text = serde_json::to_string_pretty(&doc)
-            .map_err(|e| Failure::new(exit::SOFTWARE, format!("cannot write JSON: {e}")))?;
-        println!("{text}");
-        return Ok(());
+        return crate::print_json(&serde_json::json!({ "servers": servers }));
     }
     if servers.is_empty() {
         println!("the daemon has no server");
