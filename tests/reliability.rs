@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use packet_ipc::{ConnectOptions, Error, Producer, Subscriber};
 
-use crate::util::{packets, summary, wait_output, wait_stderr_line, Daemon, DEADLINE};
+use crate::util::{open_fds, packets, summary, wait_output, wait_stderr_line, Daemon, DEADLINE};
 
 fn options(daemon: &Daemon, reconnect_wait: Duration) -> ConnectOptions {
     ConnectOptions {
@@ -168,12 +168,6 @@ fn proc_status(pid: u32, key: &str) -> u64 {
         .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
 }
 
 #[test]

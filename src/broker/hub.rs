@@ -389,6 +389,7 @@ impl Hub {
             // channel may close first, in the same round, before those messages.)
             Event::Closed(Token::ProducerCtrl(_)) => {}
             Event::Closed(Token::ProducerData(p)) => {
+                self.poller.forget(p);
                 if let Some(prod) = self.producers.remove(&p) {
                     info!(server = %self.name, producer = p, pid = prod.pid, "producer left");
                     prod.back.close();
@@ -400,10 +401,17 @@ impl Hub {
                     self.forget(sub);
                 }
             }
+            // The poller stopped reading that channel; a client whose messages cannot be
+            // read safely is not read at all any more. (One dropped for what its messages
+            // said stays read, and ignored, until it hangs up: it is told why first.)
             Event::Malformed(Token::ProducerData(p) | Token::ProducerCtrl(p), why) => {
+                self.poller.forget(p);
                 self.drop_producer(p, &why)
             }
-            Event::Malformed(Token::SubscriberReleases(s), why) => self.drop_subscriber(s, &why),
+            Event::Malformed(Token::SubscriberReleases(s), why) => {
+                self.poller.forget(s);
+                self.drop_subscriber(s, &why)
+            }
             Event::Segment(..) | Event::Frame(..) | Event::Closed(_) | Event::Malformed(..) => {}
         }
     }

@@ -16,14 +16,13 @@
 //! producer <--back (releases, notices)-- daemon <--releases------------------ subscriber
 //! ```
 //!
-//! The daemon reads every channel of a server from one [`Poller`], which needs typed
-//! receivers; writers send raw frames in an envelope that makes them a valid encoding of
+//! The daemon reads every channel of a server from one [`Poller`] (which checks each
+//! message before ipc-channel reads it), with typed receivers; writers send raw frames in an envelope that makes them a valid encoding of
 //! a byte buffer (see [`super::frame`]). A channel is made raw at one end and typed at the
 //! other by declaring it so in the two views of the welcome ([`WelcomeOut`] is what the
 //! daemon serializes, [`WelcomeIn`] what the client deserializes): both encode a channel
 //! as the same index into the message's file descriptors.
 
-use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
@@ -31,14 +30,15 @@ use std::thread;
 use std::time::Duration;
 
 use ipc_channel::ipc::{
-    self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcReceiverSet,
-    IpcSelectionResult, IpcSender, IpcSharedMemory,
+    self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender,
+    IpcSharedMemory,
 };
-use ipc_channel::{IpcError, TryRecvError, TrySelectError};
+use ipc_channel::{IpcError, TryRecvError};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use super::frame::{self, Desc, Frame, FrameBuf, NoticeCode};
+pub(crate) use super::poller::{parse_frame, Event, Poller, Token, Waker};
 use super::shm::{Lease, PoolLimits, Releases, SegmentPool, SegmentTable};
 use super::{io_err, ipc_err, send_err, TransportError};
 use crate::batch;
@@ -61,10 +61,10 @@ pub(crate) struct WireInfo {
 }
 
 /// A shared-memory segment announced on a control channel.
-#[derive(Serialize, Deserialize)]
-struct SegAnnounce {
-    id: u32,
-    shm: IpcSharedMemory,
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct SegAnnounce {
+    pub(super) id: u32,
+    pub(super) shm: IpcSharedMemory,
 }
 
 /// The welcome as the daemon writes it.
@@ -625,131 +625,12 @@ pub(crate) fn connect_pending(socket: &Path) -> Result<Pending, TransportError> 
 
 /// A shared-memory segment received from a producer, as the daemon holds it.
 #[derive(Clone)]
-pub(crate) struct SharedSegment(Arc<IpcSharedMemory>);
+pub(crate) struct SharedSegment(pub(super) Arc<IpcSharedMemory>);
 
 impl SharedSegment {
     /// The segment's bytes (the daemon reads batch headers only).
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.0
-    }
-}
-
-/// Which channel an event came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Token {
-    /// The poller's own wake-up channel.
-    Wake,
-    /// A producer's descriptors.
-    ProducerData(u64),
-    /// A producer's segment announcements.
-    ProducerCtrl(u64),
-    /// A subscriber's releases.
-    SubscriberReleases(u64),
-}
-
-/// What the poller saw.
-pub(crate) enum Event {
-    /// Someone called [`Waker::wake`].
-    Wake,
-    /// A frame (descriptors or releases); parse it with [`parse_frame`].
-    Frame(Token, Vec<u8>),
-    /// A producer announced a segment.
-    Segment(Token, u32, SharedSegment),
-    /// The channel closed: its peer is gone.
-    Closed(Token),
-    /// The peer sent something that is not a message of this channel.
-    Malformed(Token, String),
-}
-
-/// Reads a frame received by the poller.
-pub(crate) fn parse_frame(bytes: &[u8]) -> Result<Frame<'_>, TransportError> {
-    Ok(frame::parse(bytes)?)
-}
-
-/// Wakes a [`Poller`] from another thread.
-#[derive(Clone)]
-pub(crate) struct Waker(IpcSender<()>);
-
-impl Waker {
-    /// Wakes the poller (it returns [`Event::Wake`]).
-    pub(crate) fn wake(&self) {
-        let _ = self.0.send(());
-    }
-}
-
-/// Every channel the daemon reads for one server, in one set.
-pub(crate) struct Poller {
-    set: IpcReceiverSet,
-    tokens: HashMap<u64, Token>,
-}
-
-impl Poller {
-    /// A new poller and its waker.
-    pub(crate) fn new() -> Result<(Poller, Waker), TransportError> {
-        let mut set = IpcReceiverSet::new().map_err(io_err("creating a receiver set"))?;
-        let (tx, rx) = ipc::channel::<()>().map_err(io_err("creating a channel"))?;
-        let mut tokens = HashMap::new();
-        let id = set.add(rx).map_err(io_err("adding to a receiver set"))?;
-        tokens.insert(id, Token::Wake);
-        Ok((Poller { set, tokens }, Waker(tx)))
-    }
-
-    fn add<T>(&mut self, rx: IpcReceiver<T>, token: Token) -> Result<(), TransportError>
-    where
-        T: for<'de> Deserialize<'de> + Serialize,
-    {
-        let id = self
-            .set
-            .add(rx)
-            .map_err(io_err("adding to a receiver set"))?;
-        self.tokens.insert(id, token);
-        Ok(())
-    }
-
-    /// Waits up to `timeout` and appends what happened to `out`.
-    pub(crate) fn wait(
-        &mut self,
-        timeout: Duration,
-        out: &mut Vec<Event>,
-    ) -> Result<(), TransportError> {
-        let results = match self.set.try_select_timeout(timeout) {
-            Ok(results) => results,
-            Err(TrySelectError::Empty) => return Ok(()),
-            Err(TrySelectError::IoError(source)) => {
-                return Err(TransportError::Io {
-                    what: "waiting for clients",
-                    source,
-                })
-            }
-        };
-        for result in results {
-            match result {
-                IpcSelectionResult::MessageReceived(id, msg) => {
-                    let Some(&token) = self.tokens.get(&id) else {
-                        continue;
-                    };
-                    out.push(match token {
-                        Token::Wake => Event::Wake,
-                        Token::ProducerCtrl(_) => match msg.to::<SegAnnounce>() {
-                            Ok(SegAnnounce { id, shm }) => {
-                                Event::Segment(token, id, SharedSegment(Arc::new(shm)))
-                            }
-                            Err(e) => Event::Malformed(token, e.to_string()),
-                        },
-                        _ => match msg.to::<ByteBuf>() {
-                            Ok(bytes) => Event::Frame(token, bytes.into_vec()),
-                            Err(e) => Event::Malformed(token, e.to_string()),
-                        },
-                    });
-                }
-                IpcSelectionResult::ChannelClosed(id) => {
-                    if let Some(token) = self.tokens.remove(&id) {
-                        out.push(Event::Closed(token));
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -777,7 +658,7 @@ impl Pending {
         let (data_tx, data_rx) = ipc::bytes_channel().map_err(io_err("creating a channel"))?;
         let (ctrl_tx, ctrl_rx) = ipc::channel().map_err(io_err("creating a channel"))?;
         let (rel_tx, rel_rx) = ipc::channel::<ByteBuf>().map_err(io_err("creating a channel"))?;
-        poller.add(rel_rx, Token::SubscriberReleases(id))?;
+        poller.add_frames(rel_rx, Token::SubscriberReleases(id))?;
         self.tx
             .send(WelcomeOut::Subscriber {
                 version: PROTOCOL,
@@ -807,8 +688,8 @@ impl Pending {
         let (data_tx, data_rx) = ipc::channel::<ByteBuf>().map_err(io_err("creating a channel"))?;
         let (ctrl_tx, ctrl_rx) = ipc::channel().map_err(io_err("creating a channel"))?;
         let (back_tx, back_rx) = ipc::bytes_channel().map_err(io_err("creating a channel"))?;
-        poller.add(data_rx, Token::ProducerData(id))?;
-        poller.add(ctrl_rx, Token::ProducerCtrl(id))?;
+        poller.add_frames(data_rx, Token::ProducerData(id))?;
+        poller.add_segments(ctrl_rx, Token::ProducerCtrl(id))?;
         self.tx
             .send(WelcomeOut::Producer {
                 version: PROTOCOL,

@@ -7,6 +7,7 @@ pub mod baseline;
 pub(crate) mod broker;
 pub(crate) mod frame;
 pub(crate) mod link;
+pub(crate) mod poller;
 pub(crate) mod shm;
 
 use std::io;
