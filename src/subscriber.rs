@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::batch::{BatchView, Records};
+use crate::batch::{BatchView, Header, Records};
 use crate::broker::connect::{self, ConnectOptions, ServerInfo};
 use crate::transport::broker::{SubEvent, SubscriberConn};
 use crate::transport::frame::NoticeCode;
@@ -14,6 +14,11 @@ use crate::{Error, Result};
 ///
 /// The memory goes back to the producer when the batch is dropped: read what you need,
 /// then let it go.
+///
+/// The daemon checked the batch's header; the iterator checks every record's bounds as it
+/// reads, and stops early at one that would overrun (a producer that wrote a malformed
+/// batch, or changed it after sending), so it never reads out of bounds.
+/// [`Batch::check`] walks the whole batch at once for a reader that wants an error instead.
 pub struct Batch {
     lease: Lease,
     count: usize,
@@ -56,6 +61,14 @@ impl Batch {
             crate::batch::HEADER_LEN,
             self.count as u32,
         )
+    }
+
+    /// Checks every record of the batch (see [`BatchView::parse`]): `Ok` means iterating
+    /// yields exactly [`Batch::len`] packets, unless the producer writes to the batch
+    /// after this call. One pass over the batch; readers that only iterate need not call it.
+    pub fn check(&self) -> Result<()> {
+        BatchView::parse(self.lease.bytes())?;
+        Ok(())
     }
 
     /// The batch's bytes, in the format of [`crate::batch`].
@@ -173,9 +186,11 @@ impl Subscriber {
             };
             match conn.next(timeout) {
                 Ok(SubEvent::Batch(lease, d)) => {
-                    let view = BatchView::parse(lease.bytes())?;
+                    // Only the header is checked here: the walk checks every record's
+                    // bounds as it reads (`Batch::check` walks them all at once).
+                    let header = Header::parse(lease.bytes())?;
                     return Ok(Received::Batch(Batch {
-                        count: view.len(),
+                        count: header.count as usize,
                         lease,
                         seq: d.seq,
                         lost: u64::from(d.lost),

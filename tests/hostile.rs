@@ -275,3 +275,45 @@ fn wait_for_no_clients(options: &ConnectOptions) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_batch_with_broken_records_is_read_within_bounds_and_check_says_so() {
+    // The daemon checks headers only; a record that overruns the batch (a producer's bug
+    // or malice) must stop a subscriber's walk, never take it out of bounds.
+    let daemon = Daemon::start(Some("[servers.h]\n"));
+    let options = ConnectOptions {
+        rendezvous: Some(daemon.runtime().join("rendezvous.json")),
+        reconnect_wait: Duration::ZERO,
+        ..ConnectOptions::default()
+    };
+    let mut sub = packet_ipc::Subscriber::connect_with("h", options.clone()).unwrap();
+    let mut producer = HostileProducer::connect("h", &options).unwrap();
+    let good = valid_batch();
+    let mut broken = good.clone();
+    // The fourth record's caplen: 16 bytes of head, then 10 packets of up to 100 bytes.
+    let view = packet_ipc::batch::BatchView::parse(&good).unwrap();
+    let mut records = view.iter();
+    for _ in 0..3 {
+        records.next_with_offset().unwrap();
+    }
+    let (_, fourth_data) = records.next_with_offset().unwrap();
+    let caplen_at = fourth_data - 16 + 8;
+    broken[caplen_at..caplen_at + 4].copy_from_slice(&0xFFFF_u32.to_le_bytes());
+    for bytes in [&good, &broken] {
+        producer.batch(bytes, bytes.len() as u32).unwrap();
+    }
+
+    let whole = sub.recv().unwrap().unwrap();
+    assert_eq!(whole.iter().count(), 10);
+    whole.check().unwrap();
+    let cut = sub.recv().unwrap().unwrap();
+    assert_eq!(cut.len(), 10, "what the header says");
+    assert_eq!(
+        cut.iter().count(),
+        3,
+        "the walk stops before the broken record"
+    );
+    let err = cut.check().unwrap_err().to_string();
+    assert!(err.contains("record 3"), "{err}");
+    assert_eq!(producer.cut_off().unwrap(), None, "headers were fine");
+}
