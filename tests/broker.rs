@@ -397,6 +397,19 @@ fn run_policy(overflow: &str) -> (serde_json::Value, std::process::Output, Strin
         .unwrap_or(0);
     let fast = summary(&wait_output(fast, DEADLINE));
     let slow = wait_output(slow, DEADLINE);
+    let slow_summary = serde_json::from_slice::<serde_json::Value>(&slow.stdout).ok();
+    eprintln!(
+        "{overflow}: fast subscriber {} packets, {} lost; slow subscriber: lost {lost_by_stats} \
+         of 200 batches by stats, {} in band, received {}",
+        fast["packets"],
+        fast["lost_batches"],
+        slow_summary
+            .as_ref()
+            .map_or("-".into(), |s| s["lost_batches"].to_string()),
+        slow_summary
+            .as_ref()
+            .map_or("-".into(), |s| s["batches"].to_string()),
+    );
     (fast, slow, slow_err.text(), lost_by_stats)
 }
 

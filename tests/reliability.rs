@@ -217,6 +217,17 @@ fn a_stopped_subscriber_loses_an_exact_count_and_the_others_nothing() {
     // SAFETY: as above.
     unsafe { libc::kill(stalled.id() as i32, libc::SIGCONT) };
     let s = summary(&wait_output(stalled, DEADLINE));
+    eprintln!(
+        "drop-oldest, stopped subscriber: {} of 400 batches lost ({} packets), {} queued, \
+         {} in flight; in band: received {}, told lost {}; the other: {} packets, 0 lost",
+        stalled_stats.lost_batches,
+        stalled_stats.lost_packets,
+        stalled_stats.queued,
+        stalled_stats.in_flight,
+        s["batches"],
+        s["lost_batches"],
+        fine["packets"],
+    );
     assert_eq!(
         s["lost_batches"].as_u64().unwrap(),
         stalled_stats.lost_batches
