@@ -23,8 +23,8 @@
 //!
 //! # Envelope
 //!
-//! The daemon multiplexes many channels in one `IpcReceiverSet`, which only yields typed
-//! messages. A frame sent to such a receiver is wrapped in an envelope that makes it a
+//! The daemon reads its clients' channels through typed receivers (its poller checks each
+//! message, then lets ipc-channel read it). A frame sent to such a receiver is wrapped in an envelope that makes it a
 //! valid postcard encoding of a byte buffer: its length as a LEB128 varint, then the frame.
 //! [`FrameBuf`] reserves room for the envelope so that sealing it copies nothing.
 
