@@ -14,7 +14,6 @@
 //! for a shorter run).
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -22,8 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use packet_ipc::broker::config::{self, Source};
 use packet_ipc::broker::connect::ConnectOptions;
-use packet_ipc::broker::daemon::{self, Control};
-use packet_ipc::broker::rendezvous::{self, Rendezvous};
+use packet_ipc::testing::InProcessDaemon;
 use packet_ipc::{Packet, Producer, Subscriber};
 
 /// The server of the daemon.
@@ -58,14 +56,11 @@ fn config() -> Criterion {
         .sample_size(20)
 }
 
-/// `packet-ipcd`'s code on [`CONFIG`], on a thread of this process with its own tokio
-/// runtime, in a temporary runtime directory.
+/// `packet-ipcd`'s code on [`CONFIG`], on a thread of this process.
 struct Daemon {
-    rendezvous: PathBuf,
-    control: tokio::sync::mpsc::Sender<Control>,
-    thread: Option<thread::JoinHandle<Result<(), String>>>,
-    // Dropped last: the daemon is gone before its directory is.
-    _dir: tempfile::TempDir,
+    daemon: InProcessDaemon,
+    /// The configuration file's directory, kept while the daemon runs.
+    _config_dir: tempfile::TempDir,
 }
 
 impl Daemon {
@@ -73,54 +68,20 @@ impl Daemon {
         let dir = tempfile::Builder::new()
             .prefix("pipc-fanout")
             .tempdir_in("/tmp")
-            .expect("a runtime directory");
+            .expect("a directory for the configuration");
         let file = dir.path().join("packet-ipcd.toml");
         std::fs::write(&file, CONFIG).expect("writing the configuration");
         let source = Source::File(file);
         // No environment overrides: the bench measures this configuration.
-        let mut config = config::load_with_env(&source, &[]).expect("a valid configuration");
-        config.daemon.runtime_dir = Some(dir.path().to_owned());
-        // What the daemon will use (the environment has the last word, as for packet-ipcd).
-        let runtime = rendezvous::daemon_runtime_dir(Some(dir.path()));
-        let rendezvous = rendezvous::rendezvous_path(&runtime);
-        let (control, rx) = tokio::sync::mpsc::channel(4);
-        let thread = thread::Builder::new()
-            .name("packet-ipcd".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                let result = rt.block_on(daemon::run(source, config, rx));
-                rt.shutdown_timeout(Duration::from_millis(100));
-                result.map_err(|e| e.to_string())
-            })
-            .expect("starting the daemon thread");
-        let mut daemon = Daemon {
-            rendezvous,
-            control,
-            thread: Some(thread),
-            _dir: dir,
-        };
-        let start = Instant::now();
-        while !Rendezvous::read(&daemon.rendezvous).is_ok_and(|r| r.pid == std::process::id()) {
-            if daemon.thread.as_ref().is_some_and(|t| t.is_finished()) {
-                let result = daemon.thread.take().map(|t| t.join());
-                panic!("the daemon stopped: {result:?}");
-            }
-            assert!(start.elapsed() < DEADLINE, "the daemon never got ready");
-            thread::sleep(Duration::from_millis(10));
+        let config = config::load_with_env(&source, &[]).expect("a valid configuration");
+        Daemon {
+            daemon: InProcessDaemon::start(source, config).expect("the daemon"),
+            _config_dir: dir,
         }
-        daemon
     }
 
     fn options(&self) -> ConnectOptions {
-        ConnectOptions {
-            rendezvous: Some(self.rendezvous.clone()),
-            // The daemon does not go away during the bench: fail instead of waiting.
-            reconnect_wait: Duration::ZERO,
-            ..ConnectOptions::default()
-        }
+        self.daemon.options()
     }
 
     /// Waits until the server lists exactly `n` subscribers.
@@ -141,32 +102,9 @@ impl Daemon {
         }
     }
 
-    /// Asks the daemon to stop and waits for it; panics if it stopped with an error.
-    fn stop(mut self) {
-        self.control
-            .try_send(Control::Shutdown)
-            .expect("asking the daemon to stop");
-        let thread = self.thread.take().expect("the daemon thread");
-        let start = Instant::now();
-        while !thread.is_finished() {
-            assert!(start.elapsed() < DEADLINE, "the daemon did not stop");
-            thread::sleep(Duration::from_millis(10));
-        }
-        let result = thread.join().expect("the daemon thread panicked");
-        assert_eq!(result, Ok(()), "the daemon stopped with an error");
-    }
-}
-
-impl Drop for Daemon {
-    /// On a panic: stop the daemon if it still runs, without waiting for ever.
-    fn drop(&mut self) {
-        let _ = self.control.try_send(Control::Shutdown);
-        if let Some(thread) = self.thread.take() {
-            let start = Instant::now();
-            while !thread.is_finished() && start.elapsed() < Duration::from_secs(5) {
-                thread::sleep(Duration::from_millis(10));
-            }
-        }
+    /// Stops the daemon; panics if it stopped with an error.
+    fn stop(self) {
+        self.daemon.stop().expect("the daemon stopped cleanly");
     }
 }
 

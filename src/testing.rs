@@ -1,4 +1,6 @@
-//! Hooks for tests of the daemon's defences: a producer that misbehaves on purpose.
+//! Hooks for tests: clients that misbehave on purpose, to test the daemon's defences, and
+//! the daemon's own code run in-process, for tests and benches of packages that cannot rely
+//! on the `packet-ipcd` binary being built.
 //!
 //! Not part of the API: hidden from the documentation, and of no use outside tests.
 
@@ -83,6 +85,116 @@ impl HostileSubscriber {
                     return Ok(Some("the daemon closed the connection".into()))
                 }
                 Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// `packet-ipcd`'s own code ([`crate::broker::daemon::run`]) on a thread of this process,
+/// with its own tokio runtime, in a temporary runtime directory.
+pub struct InProcessDaemon {
+    rendezvous: std::path::PathBuf,
+    control: tokio::sync::mpsc::Sender<crate::broker::daemon::Control>,
+    thread: Option<std::thread::JoinHandle<std::result::Result<(), String>>>,
+    // Dropped last: the daemon is gone before its directory is.
+    _dir: crate::bench::TempDir,
+}
+
+/// How long [`InProcessDaemon`] waits for the daemon to start or stop.
+const IN_PROCESS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl InProcessDaemon {
+    /// Starts the daemon on `config` (read from `source`, which a reload reads again) in a
+    /// fresh runtime directory, and waits until it has published its rendezvous file.
+    pub fn start(
+        source: crate::broker::config::Source,
+        mut config: crate::broker::config::Config,
+    ) -> std::result::Result<InProcessDaemon, String> {
+        use crate::broker::rendezvous::{self, Rendezvous};
+        let dir = crate::bench::TempDir::new().map_err(|e| format!("a runtime directory: {e}"))?;
+        config.daemon.runtime_dir = Some(dir.0.clone());
+        // What the daemon will use (the environment has the last word, as for packet-ipcd).
+        let runtime = rendezvous::daemon_runtime_dir(Some(&dir.0));
+        let rendezvous = rendezvous::rendezvous_path(&runtime);
+        let (control, rx) = tokio::sync::mpsc::channel(4);
+        let thread = std::thread::Builder::new()
+            .name("packet-ipcd".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let result = rt.block_on(crate::broker::daemon::run(source, config, rx));
+                rt.shutdown_timeout(std::time::Duration::from_millis(100));
+                result.map_err(|e| e.to_string())
+            })
+            .map_err(|e| format!("starting the daemon thread: {e}"))?;
+        let mut daemon = InProcessDaemon {
+            rendezvous,
+            control,
+            thread: Some(thread),
+            _dir: dir,
+        };
+        let start = std::time::Instant::now();
+        while !Rendezvous::read(&daemon.rendezvous).is_ok_and(|r| r.pid == std::process::id()) {
+            if daemon.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                let result = daemon.thread.take().map(|t| t.join());
+                return Err(format!("the daemon stopped: {result:?}"));
+            }
+            if start.elapsed() > IN_PROCESS_DEADLINE {
+                return Err("the daemon never got ready".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Ok(daemon)
+    }
+
+    /// Its rendezvous file.
+    pub fn rendezvous(&self) -> &std::path::Path {
+        &self.rendezvous
+    }
+
+    /// Options that reach this daemon, and fail at once rather than wait for another.
+    pub fn options(&self) -> ConnectOptions {
+        ConnectOptions {
+            rendezvous: Some(self.rendezvous.clone()),
+            reconnect_wait: std::time::Duration::ZERO,
+            ..ConnectOptions::default()
+        }
+    }
+
+    /// Asks the daemon to stop and waits for it: its result.
+    pub fn stop(mut self) -> std::result::Result<(), String> {
+        let _ = self
+            .control
+            .try_send(crate::broker::daemon::Control::Shutdown);
+        let Some(thread) = self.thread.take() else {
+            return Err("the daemon had stopped already".into());
+        };
+        let start = std::time::Instant::now();
+        while !thread.is_finished() {
+            if start.elapsed() > IN_PROCESS_DEADLINE {
+                return Err("the daemon did not stop".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        thread
+            .join()
+            .map_err(|_| "the daemon thread panicked".to_owned())?
+    }
+}
+
+impl Drop for InProcessDaemon {
+    /// Without [`InProcessDaemon::stop`] (a failing test): stops the daemon if it still
+    /// runs, waiting a little.
+    fn drop(&mut self) {
+        let _ = self
+            .control
+            .try_send(crate::broker::daemon::Control::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let start = std::time::Instant::now();
+            while !thread.is_finished() && start.elapsed() < std::time::Duration::from_secs(5) {
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
     }

@@ -27,11 +27,7 @@ fn subscriber_with_stderr(daemon: &Daemon, server: &str, args: &[&str]) -> (Chil
 }
 
 fn options(daemon: &Daemon) -> ConnectOptions {
-    ConnectOptions {
-        rendezvous: Some(daemon.runtime().join("rendezvous.json")),
-        reconnect_wait: Duration::ZERO,
-        ..ConnectOptions::default()
-    }
+    daemon.options(Duration::ZERO)
 }
 
 #[test]

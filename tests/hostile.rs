@@ -52,11 +52,7 @@ fn a_thousand_file_descriptors(p: &mut HostileProducer) -> packet_ipc::Result<()
 /// and a producer sending them over a second, started before any attack.
 fn well_behaved_pair(config: &str) -> (Daemon, ConnectOptions, Child, Child) {
     let daemon = Daemon::start(Some(config));
-    let options = ConnectOptions {
-        rendezvous: Some(daemon.runtime().join("rendezvous.json")),
-        reconnect_wait: Duration::ZERO,
-        ..ConnectOptions::default()
-    };
+    let options = daemon.options(Duration::ZERO);
     let mut sub = daemon.peer(&["subscribe", "h", "--count", "12800"]);
     wait_stderr_line(&mut sub, "subscribed to");
     let mut good = daemon.peer(&[
@@ -190,11 +186,7 @@ fn bytes_below_ipc_channel_cut_off_that_client_only() {
     // block, panic or abort, and an attached socket made it assert. The daemon looks
     // before it lets ipc-channel read, so each such client is dropped like any other.
     let daemon = Daemon::start(Some("[servers.h]\n"));
-    let options = ConnectOptions {
-        rendezvous: Some(daemon.runtime().join("rendezvous.json")),
-        reconnect_wait: Duration::ZERO,
-        ..ConnectOptions::default()
-    };
+    let options = daemon.options(Duration::ZERO);
     // One client in and out first, so that what the daemon keeps for good is open.
     let warm = daemon.peer(&["subscribe", "h", "--count", "1", "--idle-ms", "100"]);
     let _ = wait_output(warm, DEADLINE);
@@ -281,11 +273,7 @@ fn a_batch_with_broken_records_is_read_within_bounds_and_check_says_so() {
     // The daemon checks headers only; a record that overruns the batch (a producer's bug
     // or malice) must stop a subscriber's walk, never take it out of bounds.
     let daemon = Daemon::start(Some("[servers.h]\n"));
-    let options = ConnectOptions {
-        rendezvous: Some(daemon.runtime().join("rendezvous.json")),
-        reconnect_wait: Duration::ZERO,
-        ..ConnectOptions::default()
-    };
+    let options = daemon.options(Duration::ZERO);
     let mut sub = packet_ipc::Subscriber::connect_with("h", options.clone()).unwrap();
     let mut producer = HostileProducer::connect("h", &options).unwrap();
     let good = valid_batch();

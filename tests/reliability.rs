@@ -8,11 +8,7 @@ use packet_ipc::{ConnectOptions, Error, Producer, Subscriber};
 use crate::util::{open_fds, packets, summary, wait_output, wait_stderr_line, Daemon, DEADLINE};
 
 fn options(daemon: &Daemon, reconnect_wait: Duration) -> ConnectOptions {
-    ConnectOptions {
-        rendezvous: Some(daemon.runtime().join("rendezvous.json")),
-        reconnect_wait,
-        ..ConnectOptions::default()
-    }
+    daemon.options(reconnect_wait)
 }
 
 #[test]

@@ -170,6 +170,15 @@ impl Daemon {
         self.dir.path()
     }
 
+    /// Options that reach this daemon (and wait `reconnect_wait` for a successor).
+    pub fn options(&self, reconnect_wait: Duration) -> packet_ipc::ConnectOptions {
+        packet_ipc::ConnectOptions {
+            rendezvous: Some(self.runtime().join("rendezvous.json")),
+            reconnect_wait,
+            ..packet_ipc::ConnectOptions::default()
+        }
+    }
+
     /// The daemon's pid.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()

@@ -24,8 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use packet_ipc::broker::config::{self, Source};
-use packet_ipc::broker::daemon::{self, Control};
-use packet_ipc::broker::rendezvous::{self, Rendezvous};
+use packet_ipc::testing::InProcessDaemon;
 
 /// Generous deadline for one program, valgrind included, on a loaded 2-core machine: a
 /// hang fails the test instead of stalling CI.
@@ -238,57 +237,23 @@ fn built() -> &'static Built {
 
 /// `packet-ipcd`'s code on the embedded default configuration (one server, `default`),
 /// running on a thread of this process in a temporary runtime directory.
-struct Daemon {
-    _dir: tempfile::TempDir,
-    rendezvous: PathBuf,
-    control: tokio::sync::mpsc::Sender<Control>,
-    thread: Option<thread::JoinHandle<Result<(), String>>>,
-}
+struct Daemon(InProcessDaemon);
 
 impl Daemon {
     fn start() -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("pipc-capi")
-            .tempdir_in("/tmp")
-            .expect("a runtime directory");
-        let mut config =
-            config::load_with_env(&Source::Embedded, &[]).expect("the embedded default");
-        config.daemon.runtime_dir = Some(dir.path().to_owned());
-        // What the daemon will use (the environment has the last word, as for packet-ipcd).
-        let runtime = rendezvous::daemon_runtime_dir(Some(dir.path()));
-        let rendezvous = rendezvous::rendezvous_path(&runtime);
-        let (control, rx) = tokio::sync::mpsc::channel(4);
-        let thread = thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            let result = rt.block_on(daemon::run(Source::Embedded, config, rx));
-            rt.shutdown_timeout(Duration::from_millis(100));
-            result.map_err(|e| e.to_string())
-        });
-        let mut daemon = Daemon {
-            _dir: dir,
-            rendezvous,
-            control,
-            thread: Some(thread),
-        };
-        let start = Instant::now();
-        while !Rendezvous::read(&daemon.rendezvous).is_ok_and(|r| r.pid == std::process::id()) {
-            if daemon.thread.as_ref().is_some_and(|t| t.is_finished()) {
-                let result = daemon.thread.take().map(|t| t.join());
-                panic!("the daemon stopped: {result:?}");
-            }
-            assert!(start.elapsed() < DEADLINE, "the daemon never got ready");
-            thread::sleep(Duration::from_millis(10));
-        }
-        daemon
+        let config = config::load_with_env(&Source::Embedded, &[]).expect("the embedded default");
+        Daemon(InProcessDaemon::start(Source::Embedded, config).expect("the daemon"))
+    }
+
+    /// Stops the daemon; fails the test if it stopped with an error.
+    fn stop(self) {
+        self.0.stop().expect("the daemon stopped cleanly");
     }
 
     /// `program` with this daemon in its environment.
     fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = c_program(program);
-        cmd.env("PACKET_IPC_RENDEZVOUS", &self.rendezvous);
+        cmd.env("PACKET_IPC_RENDEZVOUS", self.0.rendezvous());
         cmd
     }
 
@@ -309,22 +274,6 @@ impl Daemon {
         .arg(program)
         .args(args);
         cmd
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.control.try_send(Control::Shutdown);
-        if let Some(thread) = self.thread.take() {
-            let start = Instant::now();
-            while !thread.is_finished() && start.elapsed() < Duration::from_secs(10) {
-                thread::sleep(Duration::from_millis(10));
-            }
-            if thread.is_finished() && !thread::panicking() {
-                let result = thread.join().expect("the daemon thread");
-                assert_eq!(result, Ok(()), "the daemon stopped with an error");
-            }
-        }
     }
 }
 
@@ -396,6 +345,7 @@ fn c_test_program_under_valgrind() {
     assert!(stdout.contains(" 0 failed"), "{stdout}");
     println!("{}", stdout.trim());
     println!("valgrind:\n{}", valgrind_summary(&stderr));
+    daemon.stop();
 }
 
 #[test]
@@ -409,6 +359,7 @@ fn c_test_program_linked_statically() {
     // It does not need the shared library.
     let ldd = run(c_program("ldd").arg(built.bin("api_test_static")));
     assert!(!text(&ldd.stdout).contains("libpacket_ipc"), "{ldd:?}");
+    daemon.stop();
 }
 
 /// Packet `i` as `examples/producer.c` makes it: (ts_nanos, origlen, bytes).
@@ -535,6 +486,8 @@ fn example_producer_to_example_subscriber_under_valgrind() {
         assert_eq!(*len, origlen, "original length of packet {i}");
         assert_eq!(bytes, &want, "bytes of packet {i}");
     }
+
+    daemon.stop();
 
     // And tshark reads it the same way.
     let tshark = run(Command::new("tshark")
