@@ -231,11 +231,7 @@ fn client(name: &str, options: ClientOptions, size: usize, out: Option<PathBuf>)
             Err(e) => break Err(e),
         }
     };
-    if let Some(path) = out {
-        let mut buf = Vec::new();
-        packet_ipc::batch::encode(&kept, 0, 0, &mut buf)?;
-        std::fs::write(path, buf)?;
-    }
+    write_kept(out, &kept)?;
     let summary = serde_json::json!({
         "packets": packets,
         "bytes": bytes,
@@ -312,11 +308,7 @@ fn subscribe(
             Received::End => break "end",
         }
     };
-    if let Some(path) = out {
-        let mut buf = Vec::new();
-        packet_ipc::batch::encode(&kept, 0, 0, &mut buf)?;
-        std::fs::write(path, buf)?;
-    }
+    write_kept(out, &kept)?;
     let summary = serde_json::json!({
         "packets": packets,
         "batches": batches,
@@ -326,6 +318,16 @@ fn subscribe(
         "end": end,
     });
     println!("{summary}");
+    Ok(())
+}
+
+/// Writes the packets a client kept into `out`, as one batch.
+fn write_kept(out: Option<PathBuf>, kept: &[Packet]) -> AnyResult {
+    if let Some(path) = out {
+        let mut buf = Vec::new();
+        packet_ipc::batch::encode(kept, 0, 0, &mut buf)?;
+        std::fs::write(path, buf)?;
+    }
     Ok(())
 }
 
