@@ -19,20 +19,23 @@
 //! - `src/bin/`: the `packet-ipcd` daemon and the `packet-ipc` tool, thin mains.
 
 pub mod batch;
-pub mod bench;
+#[cfg(feature = "daemon")]
 pub mod broker;
 mod client;
+pub mod connect;
 pub mod packet;
 mod producer;
+pub mod rendezvous;
 mod server;
+pub mod stats;
 mod stream;
 mod subscriber;
-#[doc(hidden)]
-pub mod testing;
+// The daemon's side of the broker transport is dead code in a client-only build.
+#[cfg_attr(not(feature = "daemon"), allow(dead_code, unused_imports))]
 mod transport;
 
-pub use broker::connect::{list_servers, ConnectOptions, ServerInfo};
 pub use client::{Client, ClientOptions, DEFAULT_CONNECT_TIMEOUT};
+pub use connect::{list_servers, stats, ConnectOptions, ServerInfo};
 pub use packet::{AsIpcPacket, Packet, PacketRef, SharedPacket};
 pub use producer::Producer;
 pub use server::{ConnectedIpc, Server, ServerOptions};

@@ -1,6 +1,6 @@
 //! [`Producer`]: sends packets to a named server of the daemon.
 
-use crate::broker::connect::{self, ConnectOptions, ServerInfo};
+use crate::connect::{self, ConnectOptions, ServerInfo};
 use crate::packet::AsIpcPacket;
 use crate::transport::broker::{ProducerConn, ProducerNotice};
 use crate::transport::TransportError;

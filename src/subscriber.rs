@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::batch::{BatchView, Header, Records};
-use crate::broker::connect::{self, ConnectOptions, ServerInfo};
+use crate::connect::{self, ConnectOptions, ServerInfo};
 use crate::transport::broker::{SubEvent, SubscriberConn};
 use crate::transport::frame::NoticeCode;
 use crate::transport::shm::Lease;

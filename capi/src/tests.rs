@@ -4,7 +4,7 @@
 use std::ffi::CStr;
 use std::ptr;
 
-use packet_ipc::broker::rendezvous::{Rendezvous, ServerEntry, RENDEZVOUS_VERSION};
+use packet_ipc::rendezvous::{Rendezvous, ServerEntry, RENDEZVOUS_VERSION};
 
 use super::*;
 

@@ -20,9 +20,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use super::config::{self, Config, ServerConfig, Source};
-use super::hub::{self, ClientInfo, Command, HubHandle, ServerStats};
-use super::rendezvous::{self, Rendezvous, ServerEntry, RENDEZVOUS_VERSION};
-use super::spool;
+use super::hub::{self, ClientInfo, Command, HubHandle};
+use crate::rendezvous::{self, spool, Rendezvous, ServerEntry, RENDEZVOUS_VERSION};
+use crate::stats::ServerStats;
 use crate::transport::broker::connect_pending;
 
 /// What the daemon can be told while it runs.

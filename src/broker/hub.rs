@@ -19,21 +19,18 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::config::{Overflow, ServerConfig};
 use crate::batch::Header;
+use crate::stats::{ServerStats, SubscriberStats};
 use crate::transport::broker::{
     parse_frame, Event, Pending, Poller, ProducerEnd, SharedSegment, SubscriberEnd, Token, Waker,
     WireInfo,
 };
 use crate::transport::frame::{Desc, Frame, NoticeCode};
-use crate::transport::TransportError;
+use crate::transport::{TransportError, CREDIT_WINDOW};
 
-/// Batches a subscriber may hold delivered and unreleased. Bounds the messages in flight
-/// to it well below a socket buffer, so sending to it never blocks.
-pub const CREDIT_WINDOW: usize = 32;
 /// Segments a producer may create beyond the queue depth and the credit window.
 const POOL_SLACK: usize = 8;
 /// How often the hub wakes when nothing happens (heartbeat, stalled producers).
@@ -68,48 +65,6 @@ pub(crate) struct ClientInfo {
     pub pid: u32,
     /// The user that owns the request.
     pub uid: u32,
-}
-
-/// Counters of one subscriber, cumulative since it connected.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SubscriberStats {
-    /// The subscriber's id.
-    pub id: u64,
-    /// Its process id.
-    pub pid: u32,
-    /// Batches delivered.
-    pub batches_out: u64,
-    /// Packets delivered.
-    pub packets_out: u64,
-    /// Batches dropped for it.
-    pub lost_batches: u64,
-    /// Packets in the batches dropped for it.
-    pub lost_packets: u64,
-    /// Batches waiting in its queue.
-    pub queued: u64,
-    /// Batches delivered and not yet released.
-    pub in_flight: u64,
-}
-
-/// Counters of one server, cumulative since it was created.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServerStats {
-    /// The server's name.
-    pub name: String,
-    /// Producers connected now.
-    pub producers: u64,
-    /// Batches received from producers.
-    pub batches_in: u64,
-    /// Packets received from producers.
-    pub packets_in: u64,
-    /// Batches that reached no subscriber (none was connected).
-    pub unsubscribed_batches: u64,
-    /// Connections refused (limits, bad requests).
-    pub refused: u64,
-    /// Clients dropped for misbehaving or by the `disconnect` policy.
-    pub dropped_clients: u64,
-    /// The subscribers connected now.
-    pub subscribers: Vec<SubscriberStats>,
 }
 
 /// The handle the daemon keeps for a running hub.

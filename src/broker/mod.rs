@@ -7,11 +7,9 @@
 //! - [`daemon`]: lifecycle: startup, signals, reload, systemd notification, shutdown.
 
 pub mod config;
-pub mod connect;
 pub mod daemon;
 pub(crate) mod hub;
-pub mod rendezvous;
-pub mod spool;
+#[doc(hidden)]
+pub mod testing;
 
-pub use connect::stats;
-pub use hub::{ServerStats, SubscriberStats, CREDIT_WINDOW};
+pub use crate::stats::{ServerStats, SubscriberStats};

@@ -531,7 +531,7 @@ impl SubscriberConn {
     /// the daemon's credit window is waiting to go back: one message per several batches
     /// when they come fast, and never a stall for want of credit.
     pub(crate) fn next(&mut self, timeout: Option<Duration>) -> Result<SubEvent, TransportError> {
-        if self.releases.len() >= crate::broker::CREDIT_WINDOW / 2 {
+        if self.releases.len() >= super::CREDIT_WINDOW / 2 {
             self.flush_releases()?;
         }
         loop {

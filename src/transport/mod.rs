@@ -3,7 +3,6 @@
 //! Nothing above this module names an ipc-channel type; it sees batches, descriptors and
 //! [`TransportError`]s.
 
-pub mod baseline;
 pub(crate) mod broker;
 pub(crate) mod frame;
 pub(crate) mod link;
@@ -12,6 +11,10 @@ pub(crate) mod shm;
 
 use std::io;
 use std::time::Duration;
+
+/// Batches a subscriber may hold delivered and unreleased. Bounds the messages in flight
+/// to it well below a socket buffer, so sending to it never blocks.
+pub(crate) const CREDIT_WINDOW: usize = 32;
 
 pub use frame::FrameError;
 pub use link::DEFAULT_INLINE_THRESHOLD;

@@ -24,7 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use packet_ipc::broker::config::{self, Source};
-use packet_ipc::testing::InProcessDaemon;
+use packet_ipc::broker::testing::InProcessDaemon;
 
 /// Generous deadline for one program, valgrind included, on a loaded 2-core machine: a
 /// hang fails the test instead of stalling CI.

@@ -258,7 +258,7 @@ fn check_reports_bad_configurations_with_their_line() {
     );
     assert!(err.contains("no-such-group-pipc"), "{err}");
 
-    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/packet-ipcd.toml");
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/packet-ipcd.toml");
     let out = std::process::Command::new(daemon_bin())
         .args(["--config", shipped, "--check"])
         .output()
@@ -375,7 +375,7 @@ fn run_policy(overflow: &str) -> (serde_json::Value, std::process::Output, Strin
     // (drops happen as batches come in); read it while both are still connected.
     let deadline = Instant::now() + DEADLINE;
     let stats = loop {
-        let stats = packet_ipc::broker::stats(&options(&daemon), Some("p")).unwrap();
+        let stats = packet_ipc::stats(&options(&daemon), Some("p")).unwrap();
         if stats[0].batches_in == 200 {
             break stats;
         }
@@ -467,11 +467,11 @@ fn stats_count_what_was_sent() {
         producer.send(&packets(100, 64, b)).unwrap();
     }
     wait_output(sub, DEADLINE);
-    let stats = packet_ipc::broker::stats(&options(&daemon), Some("default")).unwrap();
+    let stats = packet_ipc::stats(&options(&daemon), Some("default")).unwrap();
     assert_eq!(stats.len(), 1);
     assert_eq!(stats[0].packets_in, 500);
     assert_eq!(stats[0].batches_in, 5);
     assert_eq!(stats[0].producers, 1);
-    let err = packet_ipc::broker::stats(&options(&daemon), Some("nope")).unwrap_err();
+    let err = packet_ipc::stats(&options(&daemon), Some("nope")).unwrap_err();
     assert!(err.to_string().contains("nope"));
 }

@@ -46,8 +46,8 @@ fn peer_as(daemon: &Daemon, user: &str, args: &[&str]) -> std::process::Child {
             &format!("--regid={user}"),
             "--init-groups",
             "--",
-            env!("CARGO_BIN_EXE_packet-ipc-peer"),
         ])
+        .arg(crate::util::peer_path())
         .args(args)
         .env("PACKET_IPC_RUNTIME_DIR", daemon.runtime())
         .env_remove("PACKET_IPC_RENDEZVOUS")

@@ -2,7 +2,7 @@
 //! subscriber, cumulative since each server was created.
 
 use clap::Args;
-use packet_ipc::broker::connect;
+use packet_ipc::connect;
 use packet_ipc::ConnectOptions;
 
 use crate::servers::print_table;

@@ -1,11 +1,11 @@
-//! `packet-ipc bench`: runs [`packet_ipc::bench`] with this program as its subscriber and
+//! `packet-ipc bench`: runs [`crate::benchcore`] with this program as its subscriber and
 //! baseline child processes, and `packet-ipcd` from beside this program (else `$PATH`).
 
 use std::path::PathBuf;
 use std::process::Command;
 
+use crate::benchcore::{self as bench, BenchOptions};
 use clap::Args;
-use packet_ipc::bench::{self, BenchOptions};
 
 use crate::{exit, Failure, Outcome};
 

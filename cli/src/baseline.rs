@@ -11,8 +11,26 @@ use std::time::{Duration, Instant};
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
 use serde::{Deserialize, Serialize};
 
-use super::TransportError;
-use crate::batch::BatchView;
+use packet_ipc::batch::BatchView;
+
+/// Why a baseline measurement failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// An operating-system error.
+    #[error("{what}: {source}")]
+    Io {
+        /// What we were doing.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The peer did not follow the baseline's protocol.
+    #[error("{0}")]
+    Protocol(String),
+    /// A malformed batch.
+    #[error(transparent)]
+    Batch(#[from] packet_ipc::batch::BatchError),
+}
 
 /// The child's ends for the parent.
 #[derive(Serialize, Deserialize)]

@@ -24,8 +24,7 @@ fn a_storm_of_100_subscribers_all_get_in_and_get_the_next_batch() {
         .map(|s| wait_stderr_line(s, "subscribed to"))
         .collect();
     eprintln!("100 subscribers connected in {:?}", started.elapsed());
-    let stats =
-        packet_ipc::broker::stats(&options(&daemon, Duration::ZERO), Some("storm")).unwrap();
+    let stats = packet_ipc::stats(&options(&daemon, Duration::ZERO), Some("storm")).unwrap();
     assert_eq!(stats[0].subscribers.len(), 100);
     Producer::connect_with("storm", options(&daemon, Duration::ZERO))
         .unwrap()
@@ -153,7 +152,7 @@ fn limits_are_refused_with_a_clear_error_and_counted() {
         matches!(err, Error::BatchTooLarge { max: 65536, .. }),
         "{err}"
     );
-    let stats = packet_ipc::broker::stats(&opts, Some("small")).unwrap();
+    let stats = packet_ipc::stats(&opts, Some("small")).unwrap();
     assert_eq!(stats[0].refused, 2);
 }
 
@@ -190,7 +189,7 @@ fn a_stopped_subscriber_loses_an_exact_count_and_the_others_nothing() {
     assert_eq!(fine["lost_batches"], 0);
     let deadline = Instant::now() + DEADLINE;
     let stats = loop {
-        let s = packet_ipc::broker::stats(&opts, Some("s")).unwrap();
+        let s = packet_ipc::stats(&opts, Some("s")).unwrap();
         if s[0].batches_in == 400 {
             break s;
         }
@@ -243,7 +242,7 @@ fn a_thousand_connect_kill_cycles_leave_nothing_behind() {
     let settle = |want_subs: usize| {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let s = packet_ipc::broker::stats(&opts, Some("default")).unwrap();
+            let s = packet_ipc::stats(&opts, Some("default")).unwrap();
             if s[0].subscribers.len() == want_subs && s[0].producers == 0 {
                 return;
             }
@@ -345,7 +344,7 @@ fn a_soak_with_churning_clients_balances_every_counter() {
     // Once the steady subscribers have drained, what they lost is final.
     let deadline = Instant::now() + DEADLINE;
     let stats = loop {
-        let s = packet_ipc::broker::stats(&opts, Some("soak")).unwrap();
+        let s = packet_ipc::stats(&opts, Some("soak")).unwrap();
         let drained = s[0].packets_in == published
             && s[0]
                 .subscribers

@@ -15,7 +15,7 @@ use crate::util::{self, wait_output, wait_stderr_line, Daemon, Stderr, DEADLINE}
 /// A capture made with `tcpdump -i lo -w` of UDP datagrams between two local sockets:
 /// 38 packets of 42 to 9042 bytes.
 fn loopback_pcap() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/loopback-udp.pcap")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/loopback-udp.pcap")
 }
 
 const LOOPBACK_PACKETS: u64 = 38;

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use packet_ipc::broker::config::{self, Source};
-use packet_ipc::broker::connect::ConnectOptions;
-use packet_ipc::testing::InProcessDaemon;
+use packet_ipc::broker::testing::InProcessDaemon;
+use packet_ipc::connect::ConnectOptions;
 use packet_ipc::{Packet, Producer, Subscriber};
 
 /// The server of the daemon.
@@ -89,7 +89,7 @@ impl Daemon {
         let options = self.options();
         let start = Instant::now();
         loop {
-            let stats = packet_ipc::broker::stats(&options, Some(SERVER)).expect("stats");
+            let stats = packet_ipc::stats(&options, Some(SERVER)).expect("stats");
             let listed = stats.first().map_or(0, |s| s.subscribers.len());
             if listed == n {
                 return;
@@ -226,7 +226,7 @@ fn fanout(c: &mut Criterion) {
         subs.stop();
         // Nothing was dropped for anyone, and the next N starts with no subscriber left.
         daemon.wait_for_subscribers(0);
-        let stats = packet_ipc::broker::stats(&daemon.options(), Some(SERVER)).expect("stats");
+        let stats = packet_ipc::stats(&daemon.options(), Some(SERVER)).expect("stats");
         assert_eq!(
             stats.first().map(|s| s.unsubscribed_batches),
             Some(0),

@@ -24,9 +24,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::broker::connect::ConnectOptions;
-use crate::transport::baseline;
-use crate::{AsIpcPacket, Producer, Subscriber};
+use crate::baseline;
+use packet_ipc::{AsIpcPacket, ConnectOptions, Producer, Subscriber};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -408,7 +407,7 @@ pub fn run(
     // Baselines.
     let baseline_memcpy_gbps = memcpy_gbps();
     let mut batch_bytes = Vec::new();
-    crate::batch::encode(&source[..options.batch], 0, 0, &mut batch_bytes)?;
+    packet_ipc::batch::encode(&source[..options.batch], 0, 0, &mut batch_bytes)?;
     let mut peer = baseline::Peer::start({
         let mut c = program();
         c.arg("baseline");
@@ -426,7 +425,7 @@ pub fn run(
     // The daemon, in a directory of its own.
     let dir = TempDir::new()?;
     let config = dir.0.join("bench.toml");
-    let max_batch = crate::batch::encoded_len(&source[..options.batch]).max(16 << 20);
+    let max_batch = packet_ipc::batch::encoded_len(&source[..options.batch]).max(16 << 20);
     std::fs::write(
         &config,
         format!(

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use packet_ipc::broker::connect::DEFAULT_RECONNECT_WAIT;
+use packet_ipc::connect::DEFAULT_RECONNECT_WAIT;
 use packet_ipc::{AsIpcPacket, ConnectOptions, Received, Subscriber};
 
 use crate::pcap::PcapOut;
@@ -238,7 +238,7 @@ pub fn run(args: SubscribeArgs) -> Outcome {
 /// (the batches themselves say only how many batches were lost). 0 if it cannot tell.
 fn lost_packets(options: &ConnectOptions, server: &str, id: Option<u64>) -> u64 {
     let Some(id) = id else { return 0 };
-    let Ok(servers) = packet_ipc::broker::connect::stats(options, Some(server)) else {
+    let Ok(servers) = packet_ipc::connect::stats(options, Some(server)) else {
         return 0;
     };
     servers

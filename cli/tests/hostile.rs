@@ -5,7 +5,7 @@
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use packet_ipc::testing::HostileProducer;
+use packet_ipc::broker::testing::HostileProducer;
 use packet_ipc::ConnectOptions;
 
 use crate::util::{open_fds, packets, summary, wait_output, wait_stderr_line, Daemon, DEADLINE};
@@ -121,7 +121,7 @@ fn hostile_producers_are_cut_off_and_hurt_nobody() {
     }
 
     assert_pair_unharmed(good, sub);
-    let stats = packet_ipc::broker::stats(&options, Some("h")).unwrap();
+    let stats = packet_ipc::stats(&options, Some("h")).unwrap();
     assert_eq!(stats[0].dropped_clients, 6);
     let log = daemon.log_text();
     for id in ids {
@@ -136,7 +136,7 @@ fn hostile_producers_are_cut_off_and_hurt_nobody() {
 
 #[test]
 fn hostile_subscribers_are_cut_off_and_hurt_nobody() {
-    use packet_ipc::testing::HostileSubscriber;
+    use packet_ipc::broker::testing::HostileSubscriber;
     let (daemon, options, sub, good) = well_behaved_pair("[servers.h]\n");
 
     let attacks: [(&str, &[u8], bool); 4] = [
@@ -166,7 +166,7 @@ fn hostile_subscribers_are_cut_off_and_hurt_nobody() {
     }
 
     assert_pair_unharmed(good, sub);
-    let stats = packet_ipc::broker::stats(&options, Some("h")).unwrap();
+    let stats = packet_ipc::stats(&options, Some("h")).unwrap();
     assert_eq!(stats[0].dropped_clients, 4);
     let log = daemon.log_text();
     for id in ids {
@@ -233,7 +233,7 @@ fn bytes_below_ipc_channel_cut_off_that_client_only() {
     assert_eq!(s["lost_batches"], 0);
     assert_eq!(s["reconnects"], 0, "its server never restarted");
 
-    let stats = packet_ipc::broker::stats(&options, Some("h")).unwrap();
+    let stats = packet_ipc::stats(&options, Some("h")).unwrap();
     assert_eq!(stats[0].dropped_clients, 12);
     let log = daemon.log_text();
     for r in &reports {
@@ -259,7 +259,7 @@ fn bytes_below_ipc_channel_cut_off_that_client_only() {
 fn wait_for_no_clients(options: &ConnectOptions) {
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let s = packet_ipc::broker::stats(options, Some("h")).unwrap();
+        let s = packet_ipc::stats(options, Some("h")).unwrap();
         if s[0].subscribers.is_empty() && s[0].producers == 0 {
             return;
         }

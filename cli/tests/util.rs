@@ -14,9 +14,43 @@ use packet_ipc::{AsIpcPacket, Packet};
 /// machine, short enough that a hang fails instead of stalling the run.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// The test peer, `packet-ipc-peer`: an example of this package (so that `cargo install`
+/// leaves it out), which `cargo test` builds beside the test binary. Built here when a
+/// narrower command (`cargo test --test integration`) did not.
+pub fn peer_path() -> std::path::PathBuf {
+    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        // target/<profile>/deps/integration-HASH -> target/<profile>/examples/
+        let profile = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .expect("target directory");
+        let path = profile.join("examples").join("packet-ipc-peer");
+        if !path.exists() {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut build = Command::new(cargo);
+            build.args([
+                "build",
+                "-p",
+                "packet-ipc-cli",
+                "--example",
+                "packet-ipc-peer",
+            ]);
+            if profile.file_name() == Some("release".as_ref()) {
+                build.arg("--release");
+            }
+            let status = build.status().expect("run cargo to build packet-ipc-peer");
+            assert!(status.success(), "cannot build the packet-ipc-peer example");
+        }
+        path
+    })
+    .clone()
+}
+
 /// The point-to-point peer binary.
 pub fn peer() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_packet-ipc-peer"))
+    Command::new(peer_path())
 }
 
 /// Starts `packet-ipc-peer client NAME ARGS...` with its output captured.
@@ -210,7 +244,7 @@ impl Daemon {
     }
 
     /// A command with this daemon's runtime directory in its environment.
-    pub fn command(&self, program: &str) -> Command {
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);
         cmd.env("PACKET_IPC_RUNTIME_DIR", self.runtime())
             .env_remove("PACKET_IPC_RENDEZVOUS");
@@ -219,7 +253,7 @@ impl Daemon {
 
     /// `packet-ipc-peer ARGS` against this daemon, output captured.
     pub fn peer(&self, args: &[&str]) -> Child {
-        self.command(env!("CARGO_BIN_EXE_packet-ipc-peer"))
+        self.command(peer_path())
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -453,7 +453,7 @@ fn write_attack(fd: i32, attack: &RawAttack) -> bool {
 /// Connects as a producer and as a subscriber once per attack, writes the attack on
 /// every socket of that connection, and reports whether the daemon cut it off.
 fn hostile_raw(server: &str) -> AnyResult {
-    use packet_ipc::testing::{HostileProducer, HostileSubscriber};
+    use packet_ipc::broker::testing::{HostileProducer, HostileSubscriber};
     let wait = Duration::from_secs(10);
     for attack in raw_attacks() {
         for role in ["producer", "subscriber"] {

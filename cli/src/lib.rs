@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+mod baseline;
 mod bench;
+pub mod benchcore;
+pub mod daemon_main;
 mod human;
 mod pcap;
 mod publish;
@@ -183,7 +186,9 @@ fn usage_line(e: &clap::Error) -> String {
     format!("{first} (see packet-ipc --help)")
 }
 
-fn main() -> ExitCode {
+/// The `packet-ipc` program: parses the command line, runs the subcommand, and maps its
+/// failure to one line on stderr and a sysexits code.
+pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -22,6 +22,8 @@
 //! Every path in it is absolute. A client that finds a file whose `pid` is not a running
 //! process knows the daemon died without cleaning up.
 
+pub mod spool;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -3,8 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::rendezvous::{self, Rendezvous, RendezvousError, ServerEntry};
-use super::spool;
+use crate::rendezvous::{self, spool, Rendezvous, RendezvousError, ServerEntry};
 use crate::transport::broker::{
     listen_in, Awaiting, BootstrapError, ProducerConn, SubscriberConn, WireInfo,
 };
@@ -87,7 +86,7 @@ fn no_daemon(e: RendezvousError) -> Error {
 pub fn stats(
     options: &ConnectOptions,
     server: Option<&str>,
-) -> Result<Vec<super::ServerStats>, Error> {
+) -> Result<Vec<crate::stats::ServerStats>, Error> {
     let r = Rendezvous::read(&options.rendezvous_path()).map_err(no_daemon)?;
     if let Some(name) = server {
         if r.server(name).is_none() {
@@ -110,7 +109,7 @@ pub fn stats(
         )),
         e => bootstrap_error(server.unwrap_or("(all)"), t, e),
     })?;
-    let mut all: Vec<super::ServerStats> = serde_json::from_str(&json)
+    let mut all: Vec<crate::stats::ServerStats> = serde_json::from_str(&json)
         .map_err(|e| TransportError::Protocol(format!("stats answer: {e}")))?;
     if let Some(name) = server {
         all.retain(|s| s.name == name);

@@ -4,7 +4,7 @@
 //!
 //! Not part of the API: hidden from the documentation, and of no use outside tests.
 
-use crate::broker::connect::{self, ConnectOptions};
+use crate::connect::{self, ConnectOptions};
 use crate::transport::broker::{ProducerConn, SubEvent, SubscriberConn};
 use crate::transport::frame::NoticeCode;
 use crate::Result;
@@ -97,7 +97,7 @@ pub struct InProcessDaemon {
     control: tokio::sync::mpsc::Sender<crate::broker::daemon::Control>,
     thread: Option<std::thread::JoinHandle<std::result::Result<(), String>>>,
     // Dropped last: the daemon is gone before its directory is.
-    _dir: crate::bench::TempDir,
+    _dir: tempdir::TempDir,
 }
 
 /// How long [`InProcessDaemon`] waits for the daemon to start or stop.
@@ -110,8 +110,8 @@ impl InProcessDaemon {
         source: crate::broker::config::Source,
         mut config: crate::broker::config::Config,
     ) -> std::result::Result<InProcessDaemon, String> {
-        use crate::broker::rendezvous::{self, Rendezvous};
-        let dir = crate::bench::TempDir::new().map_err(|e| format!("a runtime directory: {e}"))?;
+        use crate::rendezvous::{self, Rendezvous};
+        let dir = tempdir::TempDir::new().map_err(|e| format!("a runtime directory: {e}"))?;
         config.daemon.runtime_dir = Some(dir.0.clone());
         // What the daemon will use (the environment has the last word, as for packet-ipcd).
         let runtime = rendezvous::daemon_runtime_dir(Some(&dir.0));
@@ -196,6 +196,31 @@ impl Drop for InProcessDaemon {
             while !thread.is_finished() && start.elapsed() < std::time::Duration::from_secs(5) {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
+        }
+    }
+}
+
+mod tempdir {
+    use std::path::PathBuf;
+
+    /// A temporary runtime directory, removed on drop.
+    pub(crate) struct TempDir(pub(crate) PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new() -> std::io::Result<TempDir> {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .subsec_nanos();
+            let path = std::env::temp_dir().join(format!("pit-{}-{nanos}", std::process::id()));
+            std::fs::create_dir(&path)?;
+            Ok(TempDir(path))
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `packet-ipcd`, the packet-ipc broker daemon: a thin main over [`packet_ipc::broker`].
+//! `packet-ipcd`'s main: command line, configuration, logging, signals, then
+//! [`packet_ipc::broker::daemon::run`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 /// packet-ipc broker daemon: hosts named servers and fans packet batches out to subscribers.
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "packet-ipcd", version)]
 struct Args {
     /// Configuration file (default: $PACKET_IPC_CONFIG, /etc/packet-ipc/packet-ipcd.toml,
     /// else the embedded default).
@@ -25,7 +26,8 @@ struct Args {
 const EX_CONFIG: u8 = 78;
 const EX_SOFTWARE: u8 = 70;
 
-fn main() -> ExitCode {
+/// The `packet-ipcd` program.
+pub fn main() -> ExitCode {
     let args = Args::parse();
     let source = config::locate(args.config.as_deref());
     let config = match config::load(&source) {
