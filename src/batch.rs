@@ -1,22 +1,24 @@
 //! The batch wire format: many packets in one contiguous buffer, written once, read in place.
 //!
-//! A batch is what travels between processes, inline in a message or in a shared-memory
-//! segment. The sender writes it in one pass from a slice of [`AsIpcPacket`]; every reader
+//! A batch is what travels between processes, in a shared-memory slot or inline in a
+//! message. The sender writes it in one pass from a slice of [`AsIpcPacket`]; every reader
 //! walks it where it lies, with no allocation and no copy per packet.
 //!
-//! # Byte layout (version 1)
+//! # Byte layout (version 2)
 //!
 //! All integers are **little-endian**. Offsets are from the start of the batch.
 //!
 //! ```text
-//! header, 32 bytes:
+//! header, 40 bytes:
 //!   0  [u8; 4]  magic      "PKTB" (0x50 0x4B 0x54 0x42)
-//!   4  u16      version    1
-//!   6  u16      header_len 32 (the offset of the first record)
+//!   4  u16      version    2
+//!   6  u16      header_len 40 (the offset of the first record)
 //!   8  u32      count      number of records
-//!  12  u32      total_len  length of the whole batch in bytes, header included
+//!  12  u32      total_len  length of the whole batch in bytes, header and index included
 //!  16  u64      seq        sequence number the sender gave the batch
 //!  24  u64      lost       batches lost just before this one (0 when none)
+//!  32  u32      index_off  offset of the flow index, or 0 when the batch has none
+//!  36  u32      flags      bit 0: the index holds address-pair hashes (else flow hashes)
 //!
 //! then `count` records, back to back, each starting at an offset that is a multiple of 8:
 //!   0  u64      ts_nanos   capture time, nanoseconds since 1970-01-01T00:00:00Z
@@ -24,17 +26,28 @@
 //!  12  u32      origlen    length of the packet on the wire (>= caplen when cut by a snaplen)
 //!  16  [u8; caplen]        the captured bytes
 //!      [u8; pad]           0 to 7 zero bytes, so that the next record starts on a multiple of 8
+//!
+//! then, when index_off is not 0 (it is where the records end), `count` index entries:
+//!   0  u32      offset     where the record of packet i starts
+//!   4  u32      hash       packet i's flow hash (see `crate::flow`)
 //! ```
 //!
-//! The record of packet *i+1* starts at `offset_i + 16 + round_up(caplen_i, 8)`, and the
-//! last record's padding ends exactly at `total_len`, which is always a multiple of 8.
-//! A reader must check, before reading a record, that its 16-byte head and its `caplen`
-//! bytes lie within `total_len` (which must itself lie within the buffer it was given), and
-//! after the last record that it stopped exactly at `total_len`. [`BatchView::parse`] does
-//! all of this once, so that iterating afterwards cannot fail.
+//! The record of packet *i+1* starts at `offset_i + 16 + round_up(caplen_i, 8)`. The
+//! records end exactly at `index_off` when there is an index, else at `total_len`, which is
+//! always a multiple of 8. A reader must check, before reading a record, that its 16-byte
+//! head and its `caplen` bytes lie within the records (which must themselves lie within
+//! the buffer it was given). [`BatchView::parse`] checks the whole batch at once; the
+//! iterator checks each record as it goes.
 //!
-//! A reader that meets a version it does not know must refuse the batch: a later version
-//! may change the record layout. `header_len` lets a later version grow the header.
+//! The index lets a reader jump to packet *i* without walking the ones before it, and
+//! carries the hash by which the broker spreads flows over the members of a subscriber
+//! group: the producer computes it once per packet while the bytes are in its cache. A
+//! producer writes one only when the daemon asks for it.
+//!
+//! Version 1 is version 2 with a 32-byte header (no `index_off`, no `flags`) and no index;
+//! this crate still reads it. A reader that meets a version it does not know must refuse
+//! the batch: a later version may change the record layout. `header_len` lets a later
+//! version grow the header.
 //!
 //! The layout maps directly onto libpcap's `pcap_pkthdr`: `ts.tv_sec = ts_nanos /
 //! 1_000_000_000`, `ts.tv_usec = (ts_nanos % 1_000_000_000) / 1000`, `caplen`, `len = origlen`.
@@ -45,16 +58,22 @@ use crate::packet::{time_from_nanos, AsIpcPacket, PacketRef};
 
 /// The four bytes every batch starts with.
 pub const MAGIC: [u8; 4] = *b"PKTB";
-/// The format version this crate writes and reads.
-pub const VERSION: u16 = 1;
-/// Length of the batch header in bytes.
-pub const HEADER_LEN: usize = 32;
+/// The format version this crate writes.
+pub const VERSION: u16 = 2;
+/// Length of the batch header in bytes (version 2).
+pub const HEADER_LEN: usize = 40;
+/// Length of the header of a version 1 batch, which this crate still reads.
+pub const V1_HEADER_LEN: usize = 32;
 /// Length of a record's fixed head (timestamp, caplen, origlen) in bytes.
 pub const RECORD_HEAD_LEN: usize = 16;
+/// Length of one index entry (record offset, hash).
+pub const INDEX_ENTRY_LEN: usize = 8;
 /// Records start at multiples of this.
 pub const ALIGN: usize = 8;
 /// The largest batch the format can describe (`total_len` is a `u32`).
 pub const MAX_BATCH_LEN: usize = u32::MAX as usize & !(ALIGN - 1);
+/// Header flag: the index holds address-pair hashes rather than flow hashes.
+pub const FLAG_INDEX_IPPAIR: u32 = 1;
 
 /// What is wrong with a buffer that was supposed to hold a batch, or with packets that do
 /// not fit in one.
@@ -62,7 +81,7 @@ pub const MAX_BATCH_LEN: usize = u32::MAX as usize & !(ALIGN - 1);
 #[non_exhaustive]
 pub enum BatchError {
     /// Fewer bytes than a header.
-    #[error("batch truncated: {len} bytes, shorter than the {HEADER_LEN}-byte header")]
+    #[error("batch truncated: {len} bytes, shorter than its header")]
     ShortHeader {
         /// Bytes available.
         len: usize,
@@ -74,7 +93,7 @@ pub enum BatchError {
         found: [u8; 4],
     },
     /// A version this crate does not read.
-    #[error("unsupported batch format version {found} (this build reads version {VERSION})")]
+    #[error("unsupported batch format version {found} (this build reads versions 1 and {VERSION})")]
     UnsupportedVersion {
         /// The version in the header.
         found: u16,
@@ -93,6 +112,16 @@ pub enum BatchError {
         claimed: usize,
         /// What the buffer holds.
         available: usize,
+    },
+    /// The index does not fit where the header says it is.
+    #[error("batch index at {index_off} for {count} packets does not fit in {total_len} bytes")]
+    BadIndex {
+        /// Where the header puts the index.
+        index_off: usize,
+        /// Packets in the batch.
+        count: u32,
+        /// Length of the batch.
+        total_len: usize,
     },
     /// A record runs past the end of the batch.
     #[error("record {index} at offset {offset} runs past the end of the batch")]
@@ -131,6 +160,27 @@ pub fn record_len(caplen: usize) -> usize {
     RECORD_HEAD_LEN + pad8(caplen)
 }
 
+/// How [`encode_into_with`] writes a batch.
+#[derive(Clone, Copy, Debug)]
+pub struct EncodeOptions {
+    /// Packets are cut to at most this many captured bytes (their original length kept).
+    pub snaplen: usize,
+    /// Write a flow index (see the module docs).
+    pub index: bool,
+    /// Header flags ([`FLAG_INDEX_IPPAIR`]).
+    pub flags: u32,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions {
+            snaplen: usize::MAX,
+            index: false,
+            flags: 0,
+        }
+    }
+}
+
 /// The number of bytes [`encode_into`] writes for these packets.
 pub fn encoded_len<T: AsIpcPacket>(packets: &[T]) -> usize {
     encoded_len_cut(packets, usize::MAX)
@@ -141,6 +191,16 @@ pub fn encoded_len_cut<T: AsIpcPacket>(packets: &[T], snaplen: usize) -> usize {
     packets.iter().fold(HEADER_LEN, |n, p| {
         n.saturating_add(record_len(p.data().len().min(snaplen)))
     })
+}
+
+/// The number of bytes [`encode_into_with`] writes for these packets.
+pub fn encoded_len_with<T: AsIpcPacket>(packets: &[T], options: &EncodeOptions) -> usize {
+    let records = encoded_len_cut(packets, options.snaplen);
+    if options.index {
+        records.saturating_add(packets.len().saturating_mul(INDEX_ENTRY_LEN))
+    } else {
+        records
+    }
 }
 
 /// Writes a batch of `packets` at the start of `out` and returns its length.
@@ -166,7 +226,24 @@ pub fn encode_into_cut<T: AsIpcPacket>(
     out: &mut [u8],
     snaplen: usize,
 ) -> Result<usize, BatchError> {
-    let needed = encoded_len_cut(packets, snaplen);
+    let options = EncodeOptions {
+        snaplen,
+        ..EncodeOptions::default()
+    };
+    encode_into_with(packets, seq, lost, out, &options, |_| 0)
+}
+
+/// Writes a batch as `options` say; with an index, `hash` gives each packet's hash from
+/// its captured bytes (called once per packet, while they are in cache).
+pub fn encode_into_with<T: AsIpcPacket>(
+    packets: &[T],
+    seq: u64,
+    lost: u64,
+    out: &mut [u8],
+    options: &EncodeOptions,
+    mut hash: impl FnMut(&[u8]) -> u32,
+) -> Result<usize, BatchError> {
+    let needed = encoded_len_with(packets, options);
     if needed > out.len() || needed > MAX_BATCH_LEN {
         return Err(BatchError::TooLarge {
             needed,
@@ -177,23 +254,35 @@ pub fn encode_into_cut<T: AsIpcPacket>(
         needed,
         capacity: MAX_BATCH_LEN,
     })?;
-    write_header(out, count, needed as u32, seq, lost);
+    let records_end = if options.index {
+        needed - packets.len() * INDEX_ENTRY_LEN
+    } else {
+        needed
+    };
+    let index_off = if options.index { records_end as u32 } else { 0 };
+    write_header(out, count, needed as u32, seq, lost, index_off, options.flags);
+    let (records, index) = out[..needed].split_at_mut(records_end);
     let mut off = HEADER_LEN;
-    for p in packets {
+    for (i, p) in packets.iter().enumerate() {
         let whole = p.data();
         let orig = p.orig_len().max(whole.len()).min(u32::MAX as usize) as u32;
-        let data = &whole[..whole.len().min(snaplen)];
+        let data = &whole[..whole.len().min(options.snaplen)];
         let caplen = data.len();
-        let rec = &mut out[off..off + record_len(caplen)];
+        let rec = &mut records[off..off + record_len(caplen)];
         rec[0..8].copy_from_slice(&p.timestamp_nanos().to_le_bytes());
         rec[8..12].copy_from_slice(&(caplen as u32).to_le_bytes());
         rec[12..16].copy_from_slice(&orig.to_le_bytes());
         let (body, pad) = rec[RECORD_HEAD_LEN..].split_at_mut(caplen);
         body.copy_from_slice(data);
         pad.fill(0);
+        if options.index {
+            let entry = &mut index[i * INDEX_ENTRY_LEN..(i + 1) * INDEX_ENTRY_LEN];
+            entry[0..4].copy_from_slice(&(off as u32).to_le_bytes());
+            entry[4..8].copy_from_slice(&hash(data).to_le_bytes());
+        }
         off += rec.len();
     }
-    debug_assert_eq!(off, needed);
+    debug_assert_eq!(off, records_end);
     Ok(needed)
 }
 
@@ -222,7 +311,15 @@ pub fn encode<T: AsIpcPacket>(
     }
 }
 
-fn write_header(out: &mut [u8], count: u32, total: u32, seq: u64, lost: u64) {
+fn write_header(
+    out: &mut [u8],
+    count: u32,
+    total: u32,
+    seq: u64,
+    lost: u64,
+    index_off: u32,
+    flags: u32,
+) {
     out[0..4].copy_from_slice(&MAGIC);
     out[4..6].copy_from_slice(&VERSION.to_le_bytes());
     out[6..8].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
@@ -230,6 +327,8 @@ fn write_header(out: &mut [u8], count: u32, total: u32, seq: u64, lost: u64) {
     out[12..16].copy_from_slice(&total.to_le_bytes());
     out[16..24].copy_from_slice(&seq.to_le_bytes());
     out[24..32].copy_from_slice(&lost.to_le_bytes());
+    out[32..36].copy_from_slice(&index_off.to_le_bytes());
+    out[36..40].copy_from_slice(&flags.to_le_bytes());
 }
 
 #[inline]
@@ -258,13 +357,19 @@ pub struct Header {
     pub seq: u64,
     /// Batches lost just before this one, as written by the sender.
     pub lost: u64,
+    /// Where the first record starts (the header's length).
+    pub header_len: u16,
+    /// Where the records end and the index starts, or 0 without an index.
+    pub index_off: u32,
+    /// Header flags ([`FLAG_INDEX_IPPAIR`]).
+    pub flags: u32,
 }
 
 impl Header {
     /// Reads and checks the header of the batch at the start of `buf` (the records are not
-    /// looked at: see [`BatchView::parse`]).
+    /// looked at: see [`BatchView::parse`]). Checks that the index, if any, fits.
     pub fn parse(buf: &[u8]) -> Result<Header, BatchError> {
-        if buf.len() < HEADER_LEN {
+        if buf.len() < V1_HEADER_LEN {
             return Err(BatchError::ShortHeader { len: buf.len() });
         }
         let magic = [buf[0], buf[1], buf[2], buf[3]];
@@ -272,27 +377,66 @@ impl Header {
             return Err(BatchError::BadMagic { found: magic });
         }
         let version = u16_at(buf, 4);
-        if version != VERSION {
-            return Err(BatchError::UnsupportedVersion { found: version });
-        }
         let header_len = u16_at(buf, 6);
-        if header_len as usize != HEADER_LEN {
+        let expected = match version {
+            1 => V1_HEADER_LEN,
+            VERSION => HEADER_LEN,
+            found => return Err(BatchError::UnsupportedVersion { found }),
+        };
+        if header_len as usize != expected {
             return Err(BatchError::BadHeaderLen { found: header_len });
+        }
+        if buf.len() < expected {
+            return Err(BatchError::ShortHeader { len: buf.len() });
         }
         let total_len = u32_at(buf, 12);
         let total = total_len as usize;
-        if total < HEADER_LEN || total > buf.len() || !total.is_multiple_of(ALIGN) {
+        if total < expected || total > buf.len() || !total.is_multiple_of(ALIGN) {
             return Err(BatchError::BadTotalLen {
                 claimed: total,
                 available: buf.len(),
             });
         }
+        let count = u32_at(buf, 8);
+        let (index_off, flags) = if version == VERSION {
+            (u32_at(buf, 32), u32_at(buf, 36))
+        } else {
+            (0, 0)
+        };
+        if index_off != 0 {
+            let off = index_off as usize;
+            let fits = off >= expected
+                && off.is_multiple_of(ALIGN)
+                && (count as usize)
+                    .checked_mul(INDEX_ENTRY_LEN)
+                    .and_then(|n| n.checked_add(off))
+                    == Some(total);
+            if !fits {
+                return Err(BatchError::BadIndex {
+                    index_off: off,
+                    count,
+                    total_len: total,
+                });
+            }
+        }
         Ok(Header {
-            count: u32_at(buf, 8),
+            count,
             total_len,
             seq: u64_at(buf, 16),
             lost: u64_at(buf, 24),
+            header_len,
+            index_off,
+            flags,
         })
+    }
+
+    /// Where the records end: the index, or the end of the batch.
+    pub fn records_end(&self) -> usize {
+        if self.index_off != 0 {
+            self.index_off as usize
+        } else {
+            self.total_len as usize
+        }
     }
 }
 
@@ -306,24 +450,36 @@ pub struct BatchView<'a> {
 
 impl<'a> BatchView<'a> {
     /// Checks the whole batch at the start of `buf`: header, and that every record lies
-    /// within it and that they end exactly at `total_len`. Never panics, whatever the bytes.
+    /// within it and that they end exactly where the index (or the batch) starts. Never
+    /// panics, whatever the bytes.
     pub fn parse(buf: &'a [u8]) -> Result<BatchView<'a>, BatchError> {
         let header = Header::parse(buf)?;
         let bytes = &buf[..header.total_len as usize];
-        let mut off = HEADER_LEN;
+        let records = &bytes[..header.records_end()];
+        let mut off = header.header_len as usize;
         for index in 0..header.count {
-            match next_record(bytes, off) {
+            match next_record(records, off) {
                 Some((_, next)) => off = next,
                 None => return Err(BatchError::RecordOverrun { index, offset: off }),
             }
         }
-        if off != bytes.len() {
+        if off != records.len() {
             return Err(BatchError::TrailingBytes {
                 count: header.count,
-                extra: bytes.len() - off,
+                extra: records.len() - off,
             });
         }
         Ok(BatchView { header, bytes })
+    }
+
+    /// A view whose header was checked but whose records were not: the iterator checks
+    /// each record as it reads it, and stops at one that would overrun.
+    pub fn unchecked(buf: &'a [u8]) -> Result<BatchView<'a>, BatchError> {
+        let header = Header::parse(buf)?;
+        Ok(BatchView {
+            bytes: &buf[..header.total_len as usize],
+            header,
+        })
     }
 
     /// The checked header.
@@ -349,10 +505,32 @@ impl<'a> BatchView<'a> {
     /// The packets, in order, borrowed from the batch.
     pub fn iter(&self) -> Records<'a> {
         Records {
-            bytes: self.bytes,
-            off: HEADER_LEN,
+            bytes: &self.bytes[..self.header.records_end()],
+            off: self.header.header_len as usize,
             left: self.header.count,
         }
+    }
+
+    /// The index entry of packet `i`: its record's offset and its hash, if the batch has an
+    /// index and `i` is a packet of it (the values are as the writer put them: check the
+    /// offset with [`BatchView::record_at`]).
+    pub fn index_entry(&self, i: u32) -> Option<(u32, u32)> {
+        if self.header.index_off == 0 || i >= self.header.count {
+            return None;
+        }
+        let at = self.header.index_off as usize + i as usize * INDEX_ENTRY_LEN;
+        Some((u32_at(self.bytes, at), u32_at(self.bytes, at + 4)))
+    }
+
+    /// The packet whose record starts at `offset`, if a whole record lies there within the
+    /// records.
+    #[inline]
+    pub fn record_at(&self, offset: u32) -> Option<PacketRef<'a>> {
+        let off = offset as usize;
+        if off < self.header.header_len as usize || !off.is_multiple_of(ALIGN) {
+            return None;
+        }
+        read_record(&self.bytes[..self.header.records_end()], off).map(|(p, _)| p)
     }
 }
 
@@ -377,8 +555,20 @@ fn next_record(bytes: &[u8], off: usize) -> Option<(usize, usize)> {
     (next <= bytes.len()).then_some((caplen, next))
 }
 
-/// Iterator over the packets of a [`BatchView`]; also yields each record's byte offset
-/// through [`Records::next_with_offset`].
+/// The packet of the record at `off` and the offset of the next record, if it lies within
+/// `bytes`. Each value is read once, so bytes that change under the reader cannot turn
+/// into a read out of bounds.
+#[inline]
+fn read_record(bytes: &[u8], off: usize) -> Option<(PacketRef<'_>, usize)> {
+    let (caplen, next) = next_record(bytes, off)?;
+    let ts_nanos = u64_at(bytes, off);
+    let orig_len = u32_at(bytes, off + 12);
+    let data_at = off + RECORD_HEAD_LEN;
+    let data = &bytes[data_at..data_at + caplen];
+    Some((PacketRef::new(ts_nanos, orig_len, data), next))
+}
+
+/// Iterator over the packets of a [`BatchView`].
 #[derive(Clone, Debug)]
 pub struct Records<'a> {
     bytes: &'a [u8],
@@ -387,8 +577,8 @@ pub struct Records<'a> {
 }
 
 impl<'a> Records<'a> {
-    /// Resumes iteration over a checked batch at a record boundary returned by
-    /// [`Records::position`], with `left` records still to come.
+    /// Resumes iteration over the records in `bytes` (which end where the records end) at
+    /// a record boundary, with `left` records still to come.
     pub(crate) fn resume(bytes: &'a [u8], off: usize, left: u32) -> Records<'a> {
         Records { bytes, off, left }
     }
@@ -398,32 +588,10 @@ impl<'a> Records<'a> {
         (self.off, self.left)
     }
 
-    /// The next packet and the offset of its captured bytes within the batch.
-    #[inline]
-    pub fn next_with_offset(&mut self) -> Option<(PacketRef<'a>, usize)> {
-        if self.left == 0 {
-            return None;
-        }
-        // The batch was checked by `BatchView::parse`; the checks are repeated because the
-        // bytes may live in memory another process can write to, and a lying writer must
-        // not turn into a read out of bounds here.
-        let (caplen, next) = next_record(self.bytes, self.off)?;
-        let at = self.off;
-        let ts_nanos = u64_at(self.bytes, at);
-        let orig_len = u32_at(self.bytes, at + 12);
-        let data_at = at + RECORD_HEAD_LEN;
-        let data = &self.bytes[data_at..data_at + caplen];
-        self.off = next;
-        self.left -= 1;
-        Some((
-            PacketRef {
-                ts: time_from_nanos(ts_nanos),
-                ts_nanos,
-                orig_len,
-                data,
-            },
-            data_at,
-        ))
+    /// True when the walk stopped before `left` reached 0: a record did not lie within the
+    /// batch (a writer that lied, or changed the batch after sending it).
+    pub fn cut_short(&self) -> bool {
+        self.left != 0
     }
 }
 
@@ -431,7 +599,15 @@ impl<'a> Iterator for Records<'a> {
     type Item = PacketRef<'a>;
     #[inline]
     fn next(&mut self) -> Option<PacketRef<'a>> {
-        self.next_with_offset().map(|(p, _)| p)
+        if self.left == 0 {
+            return None;
+        }
+        // The checks are made here, as the walk goes: the bytes may live in memory another
+        // process can write to, and a lying writer must not turn into a read out of bounds.
+        let (p, next) = read_record(self.bytes, self.off)?;
+        self.off = next;
+        self.left -= 1;
+        Some(p)
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         (0, Some(self.left as usize))
@@ -458,17 +634,84 @@ mod tests {
         let p = [packet(0x0102_0304_0506_0708, vec![0xAA; 3], 60)];
         let mut buf = Vec::new();
         let n = encode(&p, 7, 2, &mut buf).unwrap();
-        assert_eq!(n, 32 + 16 + 8);
+        assert_eq!(n, 40 + 16 + 8);
         assert_eq!(&buf[0..4], b"PKTB");
-        assert_eq!(&buf[4..8], &[1, 0, 32, 0]);
+        assert_eq!(&buf[4..8], &[2, 0, 40, 0]);
         assert_eq!(&buf[8..12], &1u32.to_le_bytes());
-        assert_eq!(&buf[12..16], &56u32.to_le_bytes());
+        assert_eq!(&buf[12..16], &64u32.to_le_bytes());
         assert_eq!(&buf[16..24], &7u64.to_le_bytes());
         assert_eq!(&buf[24..32], &2u64.to_le_bytes());
-        assert_eq!(&buf[32..40], &0x0102_0304_0506_0708u64.to_le_bytes());
-        assert_eq!(&buf[40..44], &3u32.to_le_bytes());
-        assert_eq!(&buf[44..48], &60u32.to_le_bytes());
-        assert_eq!(&buf[48..56], &[0xAA, 0xAA, 0xAA, 0, 0, 0, 0, 0]);
+        assert_eq!(&buf[32..36], &0u32.to_le_bytes(), "no index");
+        assert_eq!(&buf[36..40], &0u32.to_le_bytes());
+        assert_eq!(&buf[40..48], &0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!(&buf[48..52], &3u32.to_le_bytes());
+        assert_eq!(&buf[52..56], &60u32.to_le_bytes());
+        assert_eq!(&buf[56..64], &[0xAA, 0xAA, 0xAA, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn an_index_lists_every_record_and_its_hash() {
+        let p = [
+            packet(1, vec![1; 3], 3),
+            packet(2, vec![2; 20], 20),
+            packet(3, vec![], 0),
+        ];
+        let options = EncodeOptions {
+            index: true,
+            flags: FLAG_INDEX_IPPAIR,
+            ..EncodeOptions::default()
+        };
+        let mut buf = vec![0u8; encoded_len_with(&p, &options)];
+        let n = encode_into_with(&p, 0, 0, &mut buf, &options, |d| d.len() as u32 * 10).unwrap();
+        assert_eq!(n, 40 + 24 + 40 + 16 + 3 * 8);
+        let view = BatchView::parse(&buf).unwrap();
+        assert_eq!(view.header().index_off as usize, 40 + 24 + 40 + 16);
+        assert_eq!(view.header().flags, FLAG_INDEX_IPPAIR);
+        assert_eq!(view.iter().count(), 3, "the walk stops before the index");
+        for (i, want) in p.iter().enumerate() {
+            let (off, hash) = view.index_entry(i as u32).unwrap();
+            assert_eq!(hash, want.data().len() as u32 * 10);
+            let got = view.record_at(off).unwrap();
+            assert_eq!(got.data(), want.data());
+            assert_eq!(got.timestamp_nanos(), i as u64 + 1);
+        }
+        assert_eq!(view.index_entry(3), None);
+        assert!(view.record_at(41).is_none(), "misaligned");
+        assert!(view.record_at(8).is_none(), "inside the header");
+        assert!(
+            view.record_at(view.header().index_off).is_none(),
+            "not a record: the index"
+        );
+        // An index that does not fit is refused.
+        let mut bad = buf.clone();
+        bad[32..36].copy_from_slice(&48u32.to_le_bytes());
+        assert!(matches!(
+            Header::parse(&bad),
+            Err(BatchError::BadIndex { .. })
+        ));
+    }
+
+    #[test]
+    fn version_1_batches_are_still_read() {
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(b"PKTB");
+        v1.extend_from_slice(&1u16.to_le_bytes());
+        v1.extend_from_slice(&32u16.to_le_bytes());
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&56u32.to_le_bytes());
+        v1.extend_from_slice(&9u64.to_le_bytes());
+        v1.extend_from_slice(&0u64.to_le_bytes());
+        v1.extend_from_slice(&5u64.to_le_bytes());
+        v1.extend_from_slice(&3u32.to_le_bytes());
+        v1.extend_from_slice(&70u32.to_le_bytes());
+        v1.extend_from_slice(&[7, 7, 7, 0, 0, 0, 0, 0]);
+        let view = BatchView::parse(&v1).unwrap();
+        assert_eq!(view.header().seq, 9);
+        let p: Vec<_> = view.iter().collect();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].data(), &[7, 7, 7]);
+        assert_eq!(p[0].orig_len(), 70);
+        assert_eq!(p[0].timestamp_nanos(), 5);
     }
 
     #[test]
@@ -493,7 +736,7 @@ mod tests {
     fn packets_are_cut_to_the_snaplen_keeping_their_length() {
         let p = [packet(1, vec![7; 100], 100), packet(2, vec![8; 10], 10)];
         let mut buf = vec![0; encoded_len_cut(&p, 64)];
-        assert_eq!(buf.len(), 32 + 16 + 64 + 16 + 16);
+        assert_eq!(buf.len(), 40 + 16 + 64 + 16 + 16);
         encode_into_cut(&p, 0, 0, &mut buf, 64).unwrap();
         let view = BatchView::parse(&buf).unwrap();
         let got: Vec<_> = view
@@ -509,7 +752,7 @@ mod tests {
         let mut small = [0u8; 40];
         assert!(matches!(
             encode_into(&p, 0, 0, &mut small),
-            Err(BatchError::TooLarge { needed: 64, .. })
+            Err(BatchError::TooLarge { needed: 72, .. })
         ));
     }
 
@@ -541,17 +784,17 @@ mod tests {
         ));
 
         let mut caplen = good.clone();
-        caplen[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+        caplen[48..52].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             BatchView::parse(&caplen),
             Err(BatchError::RecordOverrun { index: 0, .. })
         ));
 
         let mut version = good.clone();
-        version[4] = 2;
+        version[4] = 3;
         assert_eq!(
             BatchView::parse(&version).unwrap_err(),
-            BatchError::UnsupportedVersion { found: 2 }
+            BatchError::UnsupportedVersion { found: 3 }
         );
         assert!(matches!(
             BatchView::parse(&good[..good.len() - 8]),
@@ -561,6 +804,17 @@ mod tests {
             BatchView::parse(&good[..31]).unwrap_err(),
             BatchError::ShortHeader { len: 31 }
         );
+        assert_eq!(
+            BatchView::parse(&good[..36]).unwrap_err(),
+            BatchError::ShortHeader { len: 36 }
+        );
+        // The iterator of an unchecked view stops at a lying record and says so.
+        let mut lying = good.clone();
+        lying[8..12].copy_from_slice(&5u32.to_le_bytes());
+        let view = BatchView::unchecked(&lying).unwrap();
+        let mut walk = view.iter();
+        assert_eq!(walk.by_ref().count(), 2);
+        assert!(walk.cut_short());
     }
 
     fn arb_packet() -> impl Strategy<Value = Packet> {

@@ -39,6 +39,8 @@ struct Cursor {
     storage: Arc<dyn BatchStorage>,
     /// Records in the batch.
     storage_count: u32,
+    /// Where the records end.
+    end: usize,
     off: usize,
     left: u32,
 }
@@ -130,12 +132,13 @@ impl Client {
                 break;
             };
             match next {
-                Incoming::Batch(storage, left) => {
+                Incoming::Batch(storage, header) => {
                     self.current = Some(Cursor {
                         storage,
-                        storage_count: left,
-                        off: crate::batch::HEADER_LEN,
-                        left,
+                        storage_count: header.count,
+                        end: header.records_end(),
+                        off: usize::from(header.header_len),
+                        left: header.count,
                     })
                 }
                 Incoming::End => self.ended = Some(Ended::Closed),
@@ -162,9 +165,9 @@ impl Client {
         };
         let want = (size - out.len()).min(cur.left as usize);
         out.reserve(want);
-        let mut records = Records::resume(cur.storage.bytes(), cur.off, cur.left);
+        let mut records = Records::resume(&cur.storage.bytes()[..cur.end], cur.off, cur.left);
         for _ in 0..want {
-            let Some((p, _)) = records.next_with_offset() else {
+            let Some(p) = records.next() else {
                 let (offset, left) = records.position();
                 let index = cur.storage_count - left;
                 self.current = None;

@@ -23,6 +23,7 @@ pub mod batch;
 pub mod broker;
 mod client;
 pub mod connect;
+pub mod options;
 pub mod packet;
 mod producer;
 pub mod rendezvous;

@@ -9,7 +9,8 @@
 //! and [`SharedPacket`] is a view that keeps its batch alive by reference counting, so it
 //! can be held while more packets are received.
 
-use std::sync::Arc;
+use std::cell::OnceCell;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Something that can be sent as a packet: a timestamp, captured bytes and the original
@@ -121,15 +122,39 @@ impl<P: AsIpcPacket + ?Sized> AsIpcPacket for Arc<P> {
 }
 
 /// A packet read in place from a batch: nothing is copied, the bytes borrow the batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// The timestamp is kept as the batch stores it, in nanoseconds
+/// ([`PacketRef::timestamp_nanos`]); a `SystemTime` is built only when
+/// [`AsIpcPacket::timestamp`] asks for one.
+#[derive(Clone, Debug)]
 pub struct PacketRef<'a> {
-    pub(crate) ts: SystemTime,
-    pub(crate) ts_nanos: u64,
-    pub(crate) orig_len: u32,
-    pub(crate) data: &'a [u8],
+    ts: OnceCell<SystemTime>,
+    ts_nanos: u64,
+    orig_len: u32,
+    data: &'a [u8],
 }
 
+impl PartialEq for PacketRef<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.ts_nanos == other.ts_nanos && self.orig_len == other.orig_len && self.data == other.data
+    }
+}
+
+impl Eq for PacketRef<'_> {}
+
 impl<'a> PacketRef<'a> {
+    /// A view of a packet: its capture time in nanoseconds since the Unix epoch, its
+    /// length on the wire and its captured bytes.
+    #[inline]
+    pub fn new(ts_nanos: u64, orig_len: u32, data: &'a [u8]) -> PacketRef<'a> {
+        PacketRef {
+            ts: OnceCell::new(),
+            ts_nanos,
+            orig_len,
+            data,
+        }
+    }
+
     /// The captured bytes, borrowed from the batch for its whole lifetime.
     pub fn bytes(&self) -> &'a [u8] {
         self.data
@@ -148,7 +173,7 @@ impl<'a> PacketRef<'a> {
 
 impl AsIpcPacket for PacketRef<'_> {
     fn timestamp(&self) -> &SystemTime {
-        &self.ts
+        self.ts.get_or_init(|| time_from_nanos(self.ts_nanos))
     }
     fn data(&self) -> &[u8] {
         self.data
@@ -183,7 +208,8 @@ pub struct SharedPacket {
         reason = "held for what it keeps alive; read only by a debug check"
     )]
     storage: Arc<dyn BatchStorage>,
-    ts: SystemTime,
+    /// Built from `ts_nanos` when first asked for.
+    ts: OnceLock<SystemTime>,
     ts_nanos: u64,
     /// The captured bytes, inside `storage`: read without going through it again.
     data: *const u8,
@@ -208,7 +234,7 @@ impl SharedPacket {
         });
         SharedPacket {
             storage,
-            ts: at.ts,
+            ts: OnceLock::new(),
             ts_nanos: at.ts_nanos,
             data: at.data.as_ptr(),
             caplen: at.data.len() as u32,
@@ -218,19 +244,13 @@ impl SharedPacket {
 
     /// A borrowed view of the packet.
     pub fn as_ref(&self) -> PacketRef<'_> {
-        let data = self.data();
-        PacketRef {
-            ts: self.ts,
-            ts_nanos: self.ts_nanos,
-            orig_len: self.orig_len,
-            data,
-        }
+        PacketRef::new(self.ts_nanos, self.orig_len, self.data())
     }
 }
 
 impl AsIpcPacket for SharedPacket {
     fn timestamp(&self) -> &SystemTime {
-        &self.ts
+        self.ts.get_or_init(|| time_from_nanos(self.ts_nanos))
     }
     #[inline]
     fn data(&self) -> &[u8] {
@@ -250,7 +270,7 @@ impl AsIpcPacket for SharedPacket {
 impl std::fmt::Debug for SharedPacket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedPacket")
-            .field("ts", &self.ts)
+            .field("ts_nanos", &self.ts_nanos)
             .field("caplen", &self.caplen)
             .field("orig_len", &self.orig_len)
             .finish()

@@ -256,8 +256,8 @@ impl LinkWriter {
 
 /// What the reader thread hands the consumer.
 pub(crate) enum Incoming {
-    /// A checked batch and its number of packets.
-    Batch(Arc<dyn BatchStorage>, u32),
+    /// A batch whose header was checked, and that header.
+    Batch(Arc<dyn BatchStorage>, Header),
     /// The writer closed the stream.
     End,
     /// The link failed; nothing more will come.
@@ -500,13 +500,13 @@ fn receive(
         Frame::Inline(bytes) => {
             // Only the header is checked here; the walk that hands the packets out checks
             // each record (see `Client::recv`), so a batch is walked once, not twice.
-            let count = Header::parse(bytes)?.count;
+            let header = Header::parse(bytes)?;
             // The receive buffer is sized for the largest message; give the rest back
             // (glibc shrinks in place) so that queued inline batches cost what they hold.
             if msg.capacity() > 2 * msg.len() + 4096 {
                 msg.shrink_to_fit();
             }
-            Ok(emit(Incoming::Batch(Arc::new(InlineBatch(msg)), count)))
+            Ok(emit(Incoming::Batch(Arc::new(InlineBatch(msg)), header)))
         }
         Frame::Descs(descs) => {
             for d in descs {
@@ -514,8 +514,8 @@ fn receive(
                     wait_announcement(ctrl, table, d.seg)?;
                 }
                 let lease = table.lease(&d, releases)?;
-                let count = Header::parse(lease.bytes())?.count;
-                if !emit(Incoming::Batch(Arc::new(lease), count)) {
+                let header = Header::parse(lease.bytes())?;
+                if !emit(Incoming::Batch(Arc::new(lease), header)) {
                     return Ok(false);
                 }
             }

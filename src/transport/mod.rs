@@ -6,8 +6,12 @@
 pub(crate) mod broker;
 pub(crate) mod frame;
 pub(crate) mod link;
+pub(crate) mod memfd;
 pub(crate) mod poller;
+pub(crate) mod region;
 pub(crate) mod shm;
+pub(crate) mod sock;
+pub(crate) mod wait;
 
 use std::io;
 use std::time::Duration;
