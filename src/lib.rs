@@ -15,6 +15,8 @@
 //!   directories, one hub thread per named server doing the fan-out, lifecycle.
 //! - [`Producer`] (`producer.rs`) and [`Subscriber`] (`subscriber.rs`): clients of the
 //!   daemon, which find it through the rendezvous file and reconnect by themselves.
+//! - [`libpcap`]: libpcap loaded at run time: tcpdump filter expressions ([`libpcap::Filter`])
+//!   and capture from interfaces ([`libpcap::LiveCapture`]).
 //! - [`bench`](mod@bench): the built-in benchmark behind `packet-ipc bench`.
 //! - `src/bin/`: the `packet-ipcd` daemon and the `packet-ipc` tool, thin mains.
 
@@ -23,6 +25,7 @@ pub mod batch;
 pub mod broker;
 mod client;
 pub mod connect;
+pub mod libpcap;
 pub mod options;
 pub mod packet;
 mod producer;
