@@ -1,0 +1,450 @@
+//! The daemon's configuration: where it comes from, how it is read, and what makes it valid.
+//!
+//! # Sources
+//!
+//! The file is, first found: `--config FILE`, `$PACKET_IPC_CONFIG`, [`SYSTEM_PATH`], else the
+//! embedded default [`EMBEDDED_DEFAULT`] (one server, `default`); see [`locate`]. Its keys are
+//! kebab-case and unknown keys are errors, in the file and in the environment alike.
+//!
+//! # Reading
+//!
+//! [`load`] reads the text once and parses it twice:
+//!
+//! 1. with the `toml` crate straight into [`Config`], only to report syntax and type errors
+//!    with the file, the dotted key and the line (the span of the error is mapped back to the
+//!    key through a spanned parse of the same text);
+//! 2. with the `config` crate, which layers the environment overrides over the file and
+//!    builds the final [`Config`].
+//!
+//! The values are then checked (ranges, server names, at least one server). Every error is a
+//! [`ConfigError`] that names where the bad value came from: the file (with its line when it
+//! can be found) or the environment variable.
+//!
+//! # Environment overrides
+//!
+//! `PACKET_IPC__DAEMON__<KEY>` sets `daemon.<key>` and `PACKET_IPC__SERVERS__<NAME>__<KEY>`
+//! sets `servers.<name>.<key>`: double underscores separate the levels, `<KEY>` is matched
+//! case-insensitively with `_` standing for `-` (`QUEUE_DEPTH` is `queue-depth`). Only the
+//! `PACKET_IPC__` prefix (two underscores) is read, so the contract's single-underscore
+//! variables (`PACKET_IPC_CONFIG`, `PACKET_IPC_RUNTIME_DIR`, `PACKET_IPC_RENDEZVOUS`) are
+//! never taken for keys. Any other `PACKET_IPC__...` variable is an error naming it.
+//!
+//! `<NAME>` is resolved against the servers of the file: the exact name first, else the one
+//! server whose name is equal ignoring ASCII case and taking `-`, `_` and `.` as the same
+//! character (so `PACKET_IPC__SERVERS__CAP_0__SNAPLEN` reaches a server named `cap-0` and
+//! `..._CAPTURE0_...` one named `Capture0`). Two servers that match that way are an error.
+//! A name matching no server creates one, named `<NAME>` in lower case, with the defaults
+//! for what is not set.
+//!
+//! Values are typed by their key: integer keys take a non-negative decimal integer, `overflow`
+//! and `log-format` one of their names, the others the text as it is; an empty value clears an optional key (`runtime-dir`, `producer-group`,
+//! `subscriber-group`).
+//!
+//! The overrides reach the `config` crate through a [`config::Source`] of our own rather than
+//! `config::Environment`: that one lowercases every key and, with `convert_case(Kebab)`,
+//! converts every segment, server names included, and its kebab conversion splits letters
+//! from digits (`capture0` would become `capture-0`), so an override could never reach
+//! `servers.capture0`. The limitation left: a server whose name cannot be spelled in an
+//! environment variable name even with the rules above (say `a__b` next to `a_b`) is out of
+//! reach of overrides; it can still be set in the file.
+//!
+//! # Groups
+//!
+//! A Unix group named by `producer-group` or `subscriber-group` that does not exist is not an
+//! error here: [`missing_groups`] lists them, and the daemon decides (a warning under
+//! `--check`, an error when it starts).
+
+mod check;
+mod env;
+mod error;
+mod groups;
+mod source;
+#[cfg(test)]
+mod test_support;
+mod text;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+pub use error::ConfigError;
+pub use groups::{group_id, missing_groups};
+pub use source::{locate, locate_with, Source, EMBEDDED_DEFAULT, SYSTEM_PATH};
+
+use env::{env_source_name, has_env_prefix, EnvOverrides};
+use text::FileText;
+
+/// The daemon's whole configuration.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// The `[daemon]` table: settings of the process itself.
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    /// The `[servers.NAME]` tables: one broker server per entry, keyed by its name.
+    #[serde(default)]
+    pub servers: BTreeMap<String, ServerConfig>,
+}
+
+/// The `[daemon]` table.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct DaemonConfig {
+    /// `runtime-dir`: where the rendezvous file, the spool directories and the lock live.
+    /// `None` lets the daemon choose (see DESIGN.md 1.1). Must be absolute when set.
+    pub runtime_dir: Option<PathBuf>,
+    /// `log-format`: how the daemon writes its log. Default: text.
+    pub log_format: LogFormat,
+    /// `shutdown-timeout-ms`: how long to keep delivering queued batches after SIGTERM or
+    /// SIGINT, in milliseconds. Default 5000; at most one day, so a deadline computed from it
+    /// cannot overflow.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            runtime_dir: None,
+            log_format: LogFormat::Text,
+            shutdown_timeout_ms: 5000,
+        }
+    }
+}
+
+/// How the daemon writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines, coloured on a terminal.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One `[servers.NAME]` table.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ServerConfig {
+    /// `linktype`: the pcap `LINKTYPE_*` of the packets, written into subscribers' pcap
+    /// files. Default 1 (Ethernet); at most 65535.
+    pub linktype: u32,
+    /// `snaplen`: the longest captured length; publishers cut longer packets to it.
+    /// Default 65535; 1 to 262144.
+    pub snaplen: u32,
+    /// `queue-depth`: batches buffered per subscriber before the overflow policy applies.
+    /// Default 256; 1 to 65536.
+    pub queue_depth: usize,
+    /// `overflow`: what to do when a subscriber's queue is full. Default drop-oldest.
+    pub overflow: Overflow,
+    /// `max-subscribers`: subscribers connected at once. Default 64; 1 to 4096.
+    pub max_subscribers: usize,
+    /// `max-producers`: producers connected at once. Default 4; 1 to 64.
+    pub max_producers: usize,
+    /// `max-batch-bytes`: the largest batch a producer may send, in bytes.
+    /// Default 16 MiB; 4096 to 1 GiB.
+    pub max_batch_bytes: usize,
+    /// `producer-group`: when set, only members of this Unix group may produce.
+    pub producer_group: Option<String>,
+    /// `subscriber-group`: when set, only members of this Unix group may subscribe.
+    pub subscriber_group: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            linktype: 1,
+            snaplen: 65535,
+            queue_depth: 256,
+            overflow: Overflow::DropOldest,
+            max_subscribers: 64,
+            max_producers: 4,
+            max_batch_bytes: 16 * 1024 * 1024,
+            producer_group: None,
+            subscriber_group: None,
+        }
+    }
+}
+
+/// What a server does when a subscriber's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overflow {
+    /// Discard the subscriber's oldest queued batch; it is told how much it lost.
+    DropOldest,
+    /// Discard the incoming batch for that subscriber; it is told how much it lost.
+    DropNewest,
+    /// Cut the subscriber off, telling it why.
+    Disconnect,
+    /// Lossless: the producer waits for the slowest subscriber.
+    Block,
+}
+
+impl Overflow {
+    /// The policy's name as written in the configuration: `drop-oldest`, `drop-newest`,
+    /// `disconnect` or `block`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overflow::DropOldest => "drop-oldest",
+            Overflow::DropNewest => "drop-newest",
+            Overflow::Disconnect => "disconnect",
+            Overflow::Block => "block",
+        }
+    }
+}
+
+impl fmt::Display for Overflow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Reads and checks the configuration from `source`, then applies the
+/// `PACKET_IPC__SECTION__KEY` overrides of the process environment (see the module docs).
+pub fn load(source: &Source) -> Result<Config, ConfigError> {
+    let mut env = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        match (name.into_string(), value.into_string()) {
+            (Ok(name), Ok(value)) => env.push((name, value)),
+            (name, _) => {
+                let name = match name {
+                    Ok(name) => name,
+                    Err(name) => name.to_string_lossy().into_owned(),
+                };
+                if has_env_prefix(&name) {
+                    return Err(ConfigError {
+                        source_name: env_source_name(&name),
+                        line: None,
+                        key: None,
+                        message: "not valid UTF-8".to_owned(),
+                    });
+                }
+            }
+        }
+    }
+    load_with_env(source, &env)
+}
+
+/// [`load`] with the environment given as (name, value) pairs.
+pub fn load_with_env(source: &Source, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let text: Cow<'_, str> = match source {
+        Source::File(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Cow::Owned(text),
+            Err(err) => {
+                return Err(ConfigError {
+                    source_name: source.to_string(),
+                    line: None,
+                    key: None,
+                    message: format!("cannot read the file: {err}"),
+                })
+            }
+        },
+        Source::Embedded => Cow::Borrowed(EMBEDDED_DEFAULT),
+    };
+    let file = FileText {
+        name: source.to_string(),
+        text: &text,
+    };
+
+    // Syntax and type errors, with the line: from the toml crate and its spans.
+    let parsed: Config = toml::from_str(&text).map_err(|err| file.toml_error(&err))?;
+
+    let known: Vec<String> = parsed.servers.keys().cloned().collect();
+    let overrides = EnvOverrides::parse(env, &known)?;
+
+    // The final configuration: the file, then the environment over it.
+    let merged = config::Config::builder()
+        .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+        .add_source(overrides.clone())
+        .build()
+        .and_then(|merged| merged.try_deserialize::<Config>())
+        .map_err(|err| overrides.config_error(&file, err))?;
+
+    check::validate(&merged, &file, &overrides)?;
+    Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::source::EMBEDDED_NAME;
+    use super::test_support::*;
+    use super::*;
+
+    #[test]
+    fn shipped_example_loads() {
+        let config = load_with_env(&Source::File(shipped_path()), &[]).expect("valid");
+        assert_eq!(config.daemon, DaemonConfig::default());
+        assert_eq!(
+            config.servers.keys().collect::<Vec<_>>(),
+            ["capture0", "lossless"]
+        );
+        assert_eq!(config.servers["capture0"], ServerConfig::default());
+        let lossless = &config.servers["lossless"];
+        assert_eq!(lossless.overflow, Overflow::Block);
+        assert_eq!(lossless.queue_depth, 64);
+        assert_eq!(lossless.max_subscribers, 8);
+        assert_eq!(lossless.max_producers, 1);
+        // The same text through the toml crate alone gives the same thing.
+        assert_eq!(toml::from_str::<Config>(SHIPPED).expect("valid"), config);
+        assert!(missing_groups(&config).is_empty());
+    }
+
+    #[test]
+    fn embedded_default_is_one_default_server() {
+        let config = load_with_env(&Source::Embedded, &[]).expect("valid");
+        let expected = Config {
+            daemon: DaemonConfig::default(),
+            servers: BTreeMap::from([("default".to_owned(), ServerConfig::default())]),
+        };
+        assert_eq!(config, expected);
+        assert_eq!(Source::Embedded.to_string(), EMBEDDED_NAME);
+    }
+
+    #[test]
+    fn defaults_fill_missing_keys() {
+        let (_, result) = load_text(MINIMAL, &[]);
+        let config = result.expect("valid");
+        assert_eq!(config.daemon, DaemonConfig::default());
+        assert_eq!(config.servers["capture0"], ServerConfig::default());
+        let defaults = ServerConfig::default();
+        assert_eq!(defaults.max_batch_bytes, 16 * 1024 * 1024);
+        assert_eq!(DaemonConfig::default().shutdown_timeout_ms, 5000);
+        assert_eq!(DaemonConfig::default().log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn unknown_key_names_file_key_and_line() {
+        let text = "[daemon]\nlog-format = \"json\"\n\n[servers.capture0]\nsnaplen = 100\ncolour = \"red\"\n";
+        let (path, err) = load_err(text, &[]);
+        assert_eq!(err.key(), Some("servers.capture0.colour"));
+        assert_eq!(err.line(), Some(6));
+        assert!(err.message.contains("unknown field `colour`"), "{err}");
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with(&format!(
+                "{}: line 6: servers.capture0.colour: unknown field",
+                path.display()
+            )),
+            "{shown}"
+        );
+        assert!(!shown.contains('\n'), "{shown}");
+    }
+
+    #[test]
+    fn unknown_daemon_key_and_section() {
+        let (_, err) = load_err("[daemon]\nlog-level = \"debug\"\n", &[]);
+        assert_eq!(err.key(), Some("daemon.log-level"));
+        assert_eq!(err.line(), Some(2));
+
+        let text = format!("{MINIMAL}\n[deamon]\nlog-format = \"json\"\n");
+        let (_, err) = load_err(&text, &[]);
+        assert_eq!(err.key(), Some("deamon"));
+        assert_eq!(err.line(), Some(line_of(&text, "[deamon]")));
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_line() {
+        let text = "[servers.capture0]\nlinktype = 1\nsnaplen = \"big\"\n";
+        let (_, err) = load_err(text, &[]);
+        assert_eq!(err.key(), Some("servers.capture0.snaplen"));
+        assert_eq!(err.line(), Some(3));
+        assert!(err.message.contains("invalid type"), "{err}");
+
+        let text = "[daemon]\nshutdown-timeout-ms = -1\n[servers.a]\n";
+        let (_, err) = load_err(text, &[]);
+        assert_eq!(err.key(), Some("daemon.shutdown-timeout-ms"));
+        assert_eq!(err.line(), Some(2));
+
+        let text = "[servers.a]\n\n\nlinktype = 4294967296\n";
+        let (_, err) = load_err(text, &[]);
+        assert_eq!(err.key(), Some("servers.a.linktype"));
+        assert_eq!(err.line(), Some(4));
+
+        let text = "[servers]\ncapture0 = 5\n";
+        let (_, err) = load_err(text, &[]);
+        assert_eq!(err.key(), Some("servers.capture0"));
+        assert_eq!(err.line(), Some(2));
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let text = "[daemon]\nlog-format = \"text\"\n\n[servers.capture0\nsnaplen = 1\n";
+        let (path, err) = load_err(text, &[]);
+        assert_eq!(err.line(), Some(4));
+        assert!(err
+            .to_string()
+            .starts_with(&format!("{}: line 4: ", path.display())));
+
+        let text = "[servers.capture0]\nsnaplen = 1\noverflow = drop-oldest\n";
+        let (_, err) = load_err(text, &[]);
+        assert_eq!(err.line(), Some(3));
+
+        let text = "[servers.a]\nsnaplen = 1\nsnaplen = 2\n";
+        let (_, err) = load_err(text, &[]);
+        assert_eq!(err.line(), Some(3));
+    }
+
+    #[test]
+    fn unknown_overflow_variant() {
+        let text = SHIPPED.replace("overflow = \"block\"", "overflow = \"fast\"");
+        let (path, err) = load_err(&text, &[]);
+        assert_eq!(err.key(), Some("servers.lossless.overflow"));
+        assert_eq!(err.line(), Some(line_of(&text, "\"fast\"")));
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with(&format!(
+                "{}: line {}: servers.lossless.overflow: unknown variant `fast`, expected one of",
+                path.display(),
+                err.line().unwrap_or_default()
+            )),
+            "{shown}"
+        );
+        for name in ["drop-oldest", "drop-newest", "disconnect", "block"] {
+            assert!(shown.contains(name), "{shown}");
+        }
+
+        let (_, err) = load_err("[daemon]\nlog-format = \"xml\"\n[servers.a]\n", &[]);
+        assert_eq!(err.key(), Some("daemon.log-format"));
+        assert_eq!(err.line(), Some(2));
+    }
+
+    #[test]
+    fn unreadable_file_names_it() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("absent.toml");
+        let err = load_with_env(&Source::File(path.clone()), &[]).expect_err("absent");
+        assert_eq!(err.source_name, path.display().to_string());
+        assert!(err.to_string().contains("cannot read"), "{err}");
+    }
+
+    #[test]
+    fn load_reads_the_process_environment() {
+        let real: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+            .collect();
+        assert_eq!(
+            load(&Source::Embedded),
+            load_with_env(&Source::Embedded, &real)
+        );
+    }
+
+    #[test]
+    fn overflow_names() {
+        for (overflow, name) in [
+            (Overflow::DropOldest, "drop-oldest"),
+            (Overflow::DropNewest, "drop-newest"),
+            (Overflow::Disconnect, "disconnect"),
+            (Overflow::Block, "block"),
+        ] {
+            assert_eq!(overflow.as_str(), name);
+            assert_eq!(overflow.to_string(), name);
+            assert_eq!(
+                serde_json::to_string(&overflow).expect("serialize"),
+                format!("\"{name}\"")
+            );
+            let text = format!("[servers.a]\noverflow = \"{name}\"\n");
+            let config: Config = toml::from_str(&text).expect("valid");
+            assert_eq!(config.servers["a"].overflow, overflow);
+        }
+    }
+}
