@@ -1,135 +1,110 @@
-//! The checks of values that types alone do not make: ranges, names, at least one server.
+//! The checks of values that types alone do not make: ranges, absolute paths, group names,
+//! server names, at least one server.
+//!
+//! They run on the final values, the environment layered over the file, and read each key's
+//! [`Kind`] from the key table; an error names where the bad value came from (the variable
+//! that set it, else the file and its line).
+
+use std::path::Path;
+
+use serde_json::Value;
 
 use super::env::EnvOverrides;
+use super::keys::{self, KeySpec, Kind, Section};
 use super::text::FileText;
 use super::{Config, ConfigError};
 
-const LINKTYPE_MAX: u64 = 65535;
-const SNAPLEN: (u64, u64) = (1, 262_144);
-const QUEUE_DEPTH: (u64, u64) = (1, 65_536);
-const MAX_SUBSCRIBERS: (u64, u64) = (1, 4096);
-const MAX_PRODUCERS: (u64, u64) = (1, 64);
-const MAX_BATCH_BYTES: (u64, u64) = (4096, 1 << 30);
-const SHUTDOWN_TIMEOUT_MS_MAX: u64 = 24 * 60 * 60 * 1000;
+/// The longest server name.
 const SERVER_NAME_MAX: usize = 64;
 
-/// Checks the values that types alone do not: ranges, names, at least one server.
+/// Checks the final configuration: each key against its table entry, then the server names
+/// and that there is at least one server.
 pub(super) fn validate(
     config: &Config,
     file: &FileText<'_>,
     env: &EnvOverrides,
 ) -> Result<(), ConfigError> {
-    let daemon = &config.daemon;
-    if let Some(dir) = &daemon.runtime_dir {
-        if !dir.is_absolute() {
+    // The final values by key name, so that the checks need nothing per key but its entry.
+    let values = serde_json::to_value(config).map_err(|err| ConfigError {
+        source_name: file.name.clone(),
+        line: None,
+        key: None,
+        message: format!("cannot check the values: {err}"),
+    })?;
+    for section in Section::ALL {
+        let values = &values[section.name()];
+        if !section.named() {
+            check_keys(values, &[section.name()], section, file, env)?;
+            continue;
+        }
+        if config.servers.is_empty() {
             return Err(env.error(
                 file,
-                &["daemon", "runtime-dir"],
-                format!(
-                    "must be an absolute path, got {:?}",
-                    dir.display().to_string()
-                ),
+                &[section.name()],
+                "at least one server is required, e.g. a [servers.capture0] table".to_owned(),
             ));
         }
-    }
-    check_range(
-        file,
-        env,
-        &["daemon", "shutdown-timeout-ms"],
-        daemon.shutdown_timeout_ms,
-        (0, SHUTDOWN_TIMEOUT_MS_MAX),
-    )?;
-
-    if config.servers.is_empty() {
-        return Err(env.error(
-            file,
-            &["servers"],
-            "at least one server is required, e.g. a [servers.capture0] table".to_owned(),
-        ));
-    }
-    for (name, server) in &config.servers {
-        if !valid_server_name(name) {
-            return Err(env.error(
-                file,
-                &["servers", name],
-                format!(
-                    "invalid server name {name:?}: 1 to {SERVER_NAME_MAX} characters among \
-                     A-Z a-z 0-9 . _ -, starting with a letter or a digit"
-                ),
-            ));
-        }
-        let key = |key| ["servers", name.as_str(), key];
-        let usize_value = |value: usize| u64::try_from(value).unwrap_or(u64::MAX);
-        check_range(
-            file,
-            env,
-            &key("linktype"),
-            server.linktype.into(),
-            (0, LINKTYPE_MAX),
-        )?;
-        check_range(file, env, &key("snaplen"), server.snaplen.into(), SNAPLEN)?;
-        check_range(
-            file,
-            env,
-            &key("queue-depth"),
-            usize_value(server.queue_depth),
-            QUEUE_DEPTH,
-        )?;
-        check_range(
-            file,
-            env,
-            &key("max-subscribers"),
-            usize_value(server.max_subscribers),
-            MAX_SUBSCRIBERS,
-        )?;
-        check_range(
-            file,
-            env,
-            &key("max-producers"),
-            usize_value(server.max_producers),
-            MAX_PRODUCERS,
-        )?;
-        check_range(
-            file,
-            env,
-            &key("max-batch-bytes"),
-            usize_value(server.max_batch_bytes),
-            MAX_BATCH_BYTES,
-        )?;
-        for (group_key, group) in [
-            ("producer-group", &server.producer_group),
-            ("subscriber-group", &server.subscriber_group),
-        ] {
-            if let Some(group) = group {
-                if group.is_empty() || group.contains('\0') {
-                    return Err(env.error(
-                        file,
-                        &key(group_key),
-                        "must be a group name (leave the key out for no restriction)".to_owned(),
-                    ));
-                }
+        for name in config.servers.keys() {
+            let path = [section.name(), name.as_str()];
+            if !valid_server_name(name) {
+                return Err(env.error(
+                    file,
+                    &path,
+                    format!(
+                        "invalid server name {name:?}: 1 to {SERVER_NAME_MAX} characters among \
+                         A-Z a-z 0-9 . _ -, starting with a letter or a digit"
+                    ),
+                ));
             }
+            check_keys(&values[name.as_str()], &path, section, file, env)?;
         }
     }
     Ok(())
 }
 
-fn check_range(
+/// Checks the keys of `section` in `table`, the table at `path`.
+fn check_keys(
+    table: &Value,
+    path: &[&str],
+    section: Section,
     file: &FileText<'_>,
     env: &EnvOverrides,
-    path: &[&str],
-    value: u64,
-    (min, max): (u64, u64),
 ) -> Result<(), ConfigError> {
-    if (min..=max).contains(&value) {
-        return Ok(());
+    for spec in keys::of(section) {
+        if let Err(message) = check_value(spec, &table[spec.name]) {
+            let mut path = path.to_vec();
+            path.push(spec.name);
+            return Err(env.error(file, &path, message));
+        }
     }
-    let message = if min == 0 {
-        format!("must be at most {max}, got {value}")
+    Ok(())
+}
+
+/// Checks one final value against its key's kind; `null` is an optional key left unset.
+fn check_value(spec: &KeySpec, value: &Value) -> Result<(), String> {
+    match (spec.kind, value) {
+        (_, Value::Null) => Ok(()),
+        (Kind::Integer { min, max }, value) => match value.as_u64() {
+            Some(int) if (min..=max).contains(&int) => Ok(()),
+            _ => Err(range_message(min, max, value)),
+        },
+        (Kind::AbsolutePath, Value::String(path)) if !Path::new(path).is_absolute() => {
+            Err(format!("must be an absolute path, got {path:?}"))
+        }
+        (Kind::Group, Value::String(group)) if group.is_empty() || group.contains('\0') => {
+            Err("must be a group name (leave the key out for no restriction)".to_owned())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What an integer outside `min..=max` is told.
+pub(super) fn range_message(min: u64, max: u64, got: impl std::fmt::Display) -> String {
+    if min == 0 {
+        format!("must be at most {max}, got {got}")
     } else {
-        format!("must be between {min} and {max}, got {value}")
-    };
-    Err(env.error(file, path, message))
+        format!("must be between {min} and {max}, got {got}")
+    }
 }
 
 /// `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
@@ -139,6 +114,7 @@ fn valid_server_name(name: &str) -> bool {
         && name.len() <= SERVER_NAME_MAX
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
+
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;

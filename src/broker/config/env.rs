@@ -1,58 +1,23 @@
-//! The `PACKET_IPC__SECTION__KEY` environment overrides, as a `config` source.
+//! The `PACKET_IPC__SECTION__KEY` environment overrides: which variables are overrides,
+//! which key each one sets, and its value typed by the key table.
 
+use super::keys::{self, KeySpec, Kind, Section};
+use super::layer::Layer;
 use super::text::FileText;
-use super::{ConfigError, LogFormat, Overflow};
+use super::ConfigError;
 
 /// The prefix of override variables (matched ignoring ASCII case).
 const ENV_PREFIX: &str = "PACKET_IPC__";
 /// What separates the levels of an override variable's name.
 const ENV_SEPARATOR: &str = "__";
 
-/// How an override's text becomes a value.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    /// A non-negative decimal integer.
-    Integer,
-    /// The name of a variant, checked by the function (so that the error lists the variants).
-    Variant(fn(&str) -> Result<(), String>),
-    /// The text as it is; empty clears the key.
-    OptionalText,
-}
-
-/// The keys of `[daemon]`, with their kinds. Kept equal to [`DaemonConfig`]'s fields (tested).
-const DAEMON_KEYS: &[(&str, Kind)] = &[
-    ("runtime-dir", Kind::OptionalText),
-    ("log-format", Kind::Variant(check_variant::<LogFormat>)),
-    ("shutdown-timeout-ms", Kind::Integer),
-];
-
-/// The keys of `[servers.NAME]`, with their kinds. Kept equal to [`ServerConfig`]'s fields
-/// (tested).
-const SERVER_KEYS: &[(&str, Kind)] = &[
-    ("linktype", Kind::Integer),
-    ("snaplen", Kind::Integer),
-    ("queue-depth", Kind::Integer),
-    ("overflow", Kind::Variant(check_variant::<Overflow>)),
-    ("max-subscribers", Kind::Integer),
-    ("max-producers", Kind::Integer),
-    ("max-batch-bytes", Kind::Integer),
-    ("producer-group", Kind::OptionalText),
-    ("subscriber-group", Kind::OptionalText),
-];
-
-/// Whether `name` is a variant of `T`, with serde's message if not.
-fn check_variant<T: serde::de::DeserializeOwned>(name: &str) -> Result<(), String> {
-    let deserializer = serde::de::value::StrDeserializer::<serde::de::value::Error>::new(name);
-    T::deserialize(deserializer)
-        .map(drop)
-        .map_err(|err| err.to_string())
-}
-
+/// Whether `name` is the name of an override variable.
 pub(super) fn has_env_prefix(name: &str) -> bool {
     name.get(..ENV_PREFIX.len())
         .is_some_and(|prefix| prefix.eq_ignore_ascii_case(ENV_PREFIX))
 }
 
+/// How errors name the variable `var`.
 pub(super) fn env_source_name(var: &str) -> String {
     format!("environment variable {var}")
 }
@@ -68,15 +33,15 @@ struct Override {
     value: config::ValueKind,
 }
 
-/// The environment overrides, as a `config` source.
+/// The environment overrides.
 #[derive(Debug, Clone, Default)]
 pub(super) struct EnvOverrides {
     overrides: Vec<Override>,
 }
 
 impl EnvOverrides {
-    /// Picks the `PACKET_IPC__` variables out of `env` and checks their keys and integer
-    /// values. `servers` are the server names of the file, to resolve `<NAME>` against.
+    /// Picks the `PACKET_IPC__` variables out of `env` and checks their keys and the form of
+    /// their values. `servers` are the server names of the file, to resolve `<NAME>` against.
     pub(super) fn parse(env: &[(String, String)], servers: &[String]) -> Result<Self, ConfigError> {
         let mut overrides = Vec::new();
         for (var, value) in env {
@@ -90,69 +55,47 @@ impl EnvOverrides {
                 message,
             };
             let segments: Vec<&str> = var[ENV_PREFIX.len()..].split(ENV_SEPARATOR).collect();
-            let section = segments[0].to_ascii_lowercase();
-            let (path, keys) = match (section.as_str(), segments.len()) {
-                ("daemon", 2) => (vec![section.clone()], DAEMON_KEYS),
-                ("servers", n) if n >= 3 => {
+            let given = segments[0].to_ascii_lowercase();
+            let Some(section) = Section::from_name(&given) else {
+                let shapes: Vec<String> = Section::ALL.into_iter().map(env_shape).collect();
+                return Err(error(
+                    Some(kebab(&segments.join("."))),
+                    format!("unknown key, expected {}", shapes.join(", ")),
+                ));
+            };
+            let mut path = vec![section.name().to_owned()];
+            match (section.named(), segments.len()) {
+                (false, 2) => {}
+                (true, n) if n >= 3 => {
                     let given = segments[1..n - 1].join(ENV_SEPARATOR);
                     let name = resolve_server(&given, servers).map_err(|candidates| {
                         error(
-                            Some(format!("servers.{given}")),
+                            Some(format!("{section}.{given}")),
                             format!("matches more than one server: {}", candidates.join(", ")),
                         )
                     })?;
-                    (vec![section.clone(), name], SERVER_KEYS)
-                }
-                ("daemon", _) => {
-                    return Err(error(
-                        Some(section),
-                        "expected PACKET_IPC__DAEMON__<KEY>".to_owned(),
-                    ))
-                }
-                ("servers", _) => {
-                    return Err(error(
-                        Some(section),
-                        "expected PACKET_IPC__SERVERS__<NAME>__<KEY>".to_owned(),
-                    ))
+                    path.push(name);
                 }
                 _ => {
                     return Err(error(
-                        Some(kebab(&segments.join("."))),
-                        "unknown key, expected PACKET_IPC__DAEMON__<KEY> or \
-                         PACKET_IPC__SERVERS__<NAME>__<KEY>"
-                            .to_owned(),
+                        Some(given),
+                        format!("expected {}", env_shape(section)),
                     ))
                 }
-            };
+            }
             let key = kebab(segments[segments.len() - 1]);
-            let mut path = path;
             path.push(key.clone());
             let dotted = path.join(".");
-            let Some(&(_, kind)) = keys.iter().find(|(name, _)| *name == key) else {
-                let expected: Vec<String> =
-                    keys.iter().map(|(name, _)| format!("`{name}`")).collect();
+            let Some(spec) = keys::find(section, &key) else {
+                let expected: Vec<String> = keys::of(section)
+                    .map(|spec| format!("`{}`", spec.name))
+                    .collect();
                 return Err(error(
                     Some(dotted),
                     format!("unknown key, expected one of {}", expected.join(", ")),
                 ));
             };
-            let value = match kind {
-                Kind::Integer => match value.trim().parse::<u64>() {
-                    Ok(int) => config::ValueKind::U64(int),
-                    Err(_) => {
-                        return Err(error(
-                            Some(dotted),
-                            format!("expected a non-negative integer, got {value:?}"),
-                        ))
-                    }
-                },
-                Kind::OptionalText if value.is_empty() => config::ValueKind::Nil,
-                Kind::Variant(check) => {
-                    check(value).map_err(|message| error(Some(dotted.clone()), message))?;
-                    config::ValueKind::String(value.clone())
-                }
-                Kind::OptionalText => config::ValueKind::String(value.clone()),
-            };
+            let value = typed(spec, value).map_err(|message| error(Some(dotted), message))?;
             overrides.push(Override {
                 var: var.clone(),
                 path,
@@ -160,6 +103,25 @@ impl EnvOverrides {
             });
         }
         Ok(EnvOverrides { overrides })
+    }
+
+    /// The overrides as a `config` layer.
+    pub(super) fn layer(&self) -> Layer {
+        let mut layer = Layer::default();
+        for o in &self.overrides {
+            layer.set(o.path.clone(), o.value.clone(), env_source_name(&o.var));
+        }
+        layer
+    }
+
+    /// The names of the servers the overrides set keys of (some may not be in the file).
+    pub(super) fn servers(&self) -> impl Iterator<Item = &str> {
+        self.overrides
+            .iter()
+            .filter_map(|o| match o.path.as_slice() {
+                [section, name, _] if section == Section::Servers.name() => Some(name.as_str()),
+                _ => None,
+            })
     }
 
     /// The variable that set exactly the key `path`, if one did (the last one wins, as in
@@ -232,43 +194,31 @@ impl EnvOverrides {
     }
 }
 
-impl config::Source for EnvOverrides {
-    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
-        Box::new(self.clone())
-    }
-
-    /// Nested tables, so that server names are taken as they are (the `config` crate would
-    /// parse a dotted key as a path and split a name holding a dot).
-    fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
-        let mut root = config::Map::new();
-        for o in &self.overrides {
-            let origin = env_source_name(&o.var);
-            let value = config::Value::new(Some(&origin), o.value.clone());
-            insert(&mut root, &o.path, value, &origin);
-        }
-        Ok(root)
+/// How the variables of `section` are spelled, for errors.
+fn env_shape(section: Section) -> String {
+    let name = section.name().to_ascii_uppercase();
+    if section.named() {
+        format!("{ENV_PREFIX}{name}__<NAME>__<KEY>")
+    } else {
+        format!("{ENV_PREFIX}{name}__<KEY>")
     }
 }
 
-/// Sets `path` in the nested tables under `table`, making the tables on the way.
-fn insert(
-    table: &mut config::Map<String, config::Value>,
-    path: &[String],
-    value: config::Value,
-    origin: &String,
-) {
-    let Some((first, rest)) = path.split_first() else {
-        return;
-    };
-    if rest.is_empty() {
-        table.insert(first.clone(), value);
-        return;
+/// The text of an override as a value of the key `spec`: an integer key takes a non-negative
+/// decimal integer (its range is checked with the other values), a choice one of its names,
+/// the others the text as it is. An empty value clears an optional key.
+fn typed(spec: &KeySpec, text: &str) -> Result<config::ValueKind, String> {
+    if text.is_empty() && spec.optional() {
+        return Ok(config::ValueKind::Nil);
     }
-    let entry = table.entry(first.clone()).or_insert_with(|| {
-        config::Value::new(Some(origin), config::ValueKind::Table(config::Map::new()))
-    });
-    if let config::ValueKind::Table(inner) = &mut entry.kind {
-        insert(inner, rest, value, origin);
+    match spec.kind {
+        Kind::Integer { .. } => text
+            .trim()
+            .parse::<u64>()
+            .map(config::ValueKind::U64)
+            .map_err(|_| format!("expected a non-negative integer, got {text:?}")),
+        Kind::Choice(check) => check(text).map(|()| config::ValueKind::String(text.to_owned())),
+        Kind::AbsolutePath | Kind::Group => Ok(config::ValueKind::String(text.to_owned())),
     }
 }
 
@@ -309,6 +259,7 @@ fn resolve_server(given: &str, servers: &[String]) -> Result<String, Vec<String>
         _ => Err(matches),
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
@@ -517,52 +468,45 @@ mod tests {
         assert_eq!(config.daemon.runtime_dir, None);
     }
 
-    /// The fields serde expects, read from its "unknown field" message.
-    fn expected_fields(text: &str) -> Vec<String> {
-        let err = toml::from_str::<Config>(text).expect_err("unknown field");
-        let message = err.message();
-        let list = message
-            .split_once("expected one of ")
-            .map(|(_, list)| list)
-            .expect("a list of fields");
-        list.split(", ")
-            .map(|name| name.trim().trim_matches('`').to_owned())
-            .collect()
-    }
-
     #[test]
-    fn env_key_lists_match_the_structs() {
-        let names = |keys: &[(&str, Kind)]| -> Vec<String> {
-            keys.iter().map(|(name, _)| (*name).to_owned()).collect()
-        };
-        assert_eq!(expected_fields("[daemon]\nzzz = 1\n"), names(DAEMON_KEYS));
-        assert_eq!(
-            expected_fields("[servers.a]\nzzz = 1\n"),
-            names(SERVER_KEYS)
-        );
-        // Every key can be overridden, each kind as declared.
+    fn every_key_can_be_overridden() {
+        // A value other than the default for each choice key.
+        let choices = [("log-format", "json"), ("overflow", "block")];
         let mut vars = Vec::new();
-        for (section, keys) in [("DAEMON", DAEMON_KEYS), ("SERVERS__A", SERVER_KEYS)] {
-            for (key, kind) in keys {
-                let value = match (key, kind) {
-                    (&"max-producers", _) => "64",
-                    (_, Kind::Integer) => "4096",
-                    (&"runtime-dir", _) => "/run/x",
-                    (&"log-format", _) => "json",
-                    (&"overflow", _) => "block",
-                    _ => "somegroup",
-                };
-                let var = format!(
-                    "PACKET_IPC__{section}__{}",
-                    key.to_ascii_uppercase().replace('-', "_")
-                );
-                vars.push((var, value.to_owned()));
-            }
+        let mut expected = Vec::new();
+        for spec in keys::KEYS {
+            let value = match spec.kind {
+                Kind::Integer { max, .. } => serde_json::json!(max),
+                Kind::Choice(_) => choices
+                    .iter()
+                    .find(|(name, _)| *name == spec.name)
+                    .map(|(_, value)| serde_json::json!(value))
+                    .unwrap_or_else(|| panic!("give {} a test value", spec.name)),
+                Kind::AbsolutePath => serde_json::json!("/run/x"),
+                Kind::Group => serde_json::json!("somegroup"),
+            };
+            let section = spec.section.name();
+            let (var, pointer) = if spec.section.named() {
+                (
+                    format!("{section}__A"),
+                    format!("/{section}/a/{}", spec.name),
+                )
+            } else {
+                (section.to_owned(), format!("/{section}/{}", spec.name))
+            };
+            let var = format!("PACKET_IPC__{var}__{}", spec.name).to_ascii_uppercase();
+            let text = match &value {
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            vars.push((var.replace('-', "_"), text));
+            expected.push((pointer, value));
         }
         let config = load_with_env(&Source::Embedded, &vars).expect("valid");
-        let a = &config.servers["a"];
-        assert_eq!((a.snaplen, a.overflow), (4096, Overflow::Block));
-        assert_eq!(a.subscriber_group.as_deref(), Some("somegroup"));
-        assert_eq!(config.daemon.log_format, LogFormat::Json);
+        let values = serde_json::to_value(&config).expect("serializable");
+        for (pointer, value) in expected {
+            assert_eq!(values.pointer(&pointer), Some(&value), "{pointer}");
+        }
+        assert_eq!(config.servers["a"].overflow, Overflow::Block);
     }
 }

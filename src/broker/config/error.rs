@@ -8,7 +8,7 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{source_name}: {}{}{message}", line_prefix(*.line), key_prefix(.key.as_deref()))]
 pub struct ConfigError {
-    /// The file's path, [`Source::Embedded`]'s name, or `environment variable NAME`.
+    /// The file's path, [`Source::Embedded`](super::Source::Embedded)'s name, or `environment variable NAME`.
     pub source_name: String,
     /// The 1-based line in the file, when known.
     pub line: Option<usize>,

@@ -1,24 +1,31 @@
 //! The daemon's configuration: where it comes from, how it is read, and what makes it valid.
 //!
+//! # Keys
+//!
+//! Every key is declared once, in the key table [`keys::KEYS`], with its default, the values
+//! it takes and what it means; the structs below hold the values, one field per key in the
+//! table's order. Keys are kebab-case and unknown keys are errors, in the file and in the
+//! environment alike.
+//!
 //! # Sources
 //!
 //! The file is, first found: `--config FILE`, `$PACKET_IPC_CONFIG`, [`SYSTEM_PATH`], else the
-//! embedded default [`EMBEDDED_DEFAULT`] (one server, `default`); see [`locate`]. Its keys are
-//! kebab-case and unknown keys are errors, in the file and in the environment alike.
+//! embedded default [`EMBEDDED_DEFAULT`] (one server, `default`); see [`locate`].
 //!
 //! # Reading
 //!
 //! [`load`] reads the text once and parses it twice:
 //!
-//! 1. with the `toml` crate straight into [`Config`], only to report syntax and type errors
-//!    with the file, the dotted key and the line (the span of the error is mapped back to the
-//!    key through a spanned parse of the same text);
-//! 2. with the `config` crate, which layers the environment overrides over the file and
-//!    builds the final [`Config`].
+//! 1. with the `toml` crate, the table's defaults filled in, straight into [`Config`], only to
+//!    report syntax and type errors with the file, the dotted key and the line (the span of
+//!    the error is mapped back to the key through a spanned parse of the same text);
+//! 2. with the `config` crate, which layers the file over the table's defaults and the
+//!    environment overrides over the file, and builds the final [`Config`].
 //!
-//! The values are then checked (ranges, server names, at least one server). Every error is a
-//! [`ConfigError`] that names where the bad value came from: the file (with its line when it
-//! can be found) or the environment variable.
+//! The values are then checked against the table (ranges, absolute paths, group names), and
+//! the server names and that there is at least one server. Every error is a [`ConfigError`]
+//! that names where the bad value came from: the file (with its line when it can be found) or
+//! the environment variable.
 //!
 //! # Environment overrides
 //!
@@ -36,11 +43,12 @@
 //! A name matching no server creates one, named `<NAME>` in lower case, with the defaults
 //! for what is not set.
 //!
-//! Values are typed by their key: integer keys take a non-negative decimal integer, `overflow`
-//! and `log-format` one of their names, the others the text as it is; an empty value clears an optional key (`runtime-dir`, `producer-group`,
+//! Values are typed by their key's kind in the table: integer keys take a non-negative
+//! decimal integer, choices one of their names, the others the text as it is; an empty value
+//! clears an optional key (one without a default: `runtime-dir`, `producer-group`,
 //! `subscriber-group`).
 //!
-//! The overrides reach the `config` crate through a [`config::Source`] of our own rather than
+//! The overrides reach the `config` crate as a source of our own rather than
 //! `config::Environment`: that one lowercases every key and, with `convert_case(Kebab)`,
 //! converts every segment, server names included, and its kebab conversion splits letters
 //! from digits (`capture0` would become `capture-0`), so an override could never reach
@@ -53,30 +61,54 @@
 //! A Unix group named by `producer-group` or `subscriber-group` that does not exist is not an
 //! error here: [`missing_groups`] lists them, and the daemon decides (a warning under
 //! `--check`, an error when it starts).
+//!
+//! # Layout
+//!
+//! - `mod.rs`: the types and [`load`];
+//! - [`keys`]: the key table;
+//! - `defaults.rs`: the table's defaults, filled into a parsed file, layered under it, and
+//!   the `Default` of the structs;
+//! - `layer.rs`: values at key paths as a `config` source;
+//! - `env.rs`: the environment overrides;
+//! - `check.rs`: the checks of the final values;
+//! - `source.rs`: where the configuration comes from;
+//! - `text.rs`: lines and keys of the file from byte offsets;
+//! - `error.rs`: [`ConfigError`];
+//! - `groups.rs`: [`missing_groups`] and [`group_id`].
 
 mod check;
+mod defaults;
 mod env;
 mod error;
 mod groups;
+pub mod keys;
+mod layer;
 mod source;
 #[cfg(test)]
 mod test_support;
 mod text;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::de::DeTable;
 
 pub use error::ConfigError;
 pub use groups::{group_id, missing_groups};
 pub use source::{locate, locate_with, Source, EMBEDDED_DEFAULT, SYSTEM_PATH};
 
 use env::{env_source_name, has_env_prefix, EnvOverrides};
+use keys::Section;
 use text::FileText;
 
 /// The daemon's whole configuration.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+///
+/// [`load`] makes one. Deserializing it directly takes every key of a table that has a default
+/// as given: the defaults of the key table are filled in by [`load`], not by serde.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
     /// The `[daemon]` table: settings of the process itself.
@@ -87,33 +119,29 @@ pub struct Config {
     pub servers: BTreeMap<String, ServerConfig>,
 }
 
-/// The `[daemon]` table.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+/// The `[daemon]` table. Defaults and ranges: [`keys::KEYS`].
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DaemonConfig {
     /// `runtime-dir`: where the rendezvous file, the spool directories and the lock live.
-    /// `None` lets the daemon choose (see DESIGN.md 1.1). Must be absolute when set.
+    /// `None` lets the daemon choose (see DESIGN.md 1.1). Absolute.
     pub runtime_dir: Option<PathBuf>,
-    /// `log-format`: how the daemon writes its log. Default: text.
+    /// `log-format`: how the daemon writes its log.
     pub log_format: LogFormat,
     /// `shutdown-timeout-ms`: how long to keep delivering queued batches after SIGTERM or
-    /// SIGINT, in milliseconds. Default 5000; at most one day, so a deadline computed from it
-    /// cannot overflow.
+    /// SIGINT, in milliseconds.
     pub shutdown_timeout_ms: u64,
 }
 
 impl Default for DaemonConfig {
+    /// Every key at its default in [`keys::KEYS`].
     fn default() -> Self {
-        DaemonConfig {
-            runtime_dir: None,
-            log_format: LogFormat::Text,
-            shutdown_timeout_ms: 5000,
-        }
+        defaults::of(Section::Daemon)
     }
 }
 
 /// How the daemon writes its log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
     /// Human-readable lines, coloured on a terminal.
@@ -122,27 +150,24 @@ pub enum LogFormat {
     Json,
 }
 
-/// One `[servers.NAME]` table.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+/// One `[servers.NAME]` table. Defaults and ranges: [`keys::KEYS`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ServerConfig {
     /// `linktype`: the pcap `LINKTYPE_*` of the packets, written into subscribers' pcap
-    /// files. Default 1 (Ethernet); at most 65535.
+    /// files.
     pub linktype: u32,
     /// `snaplen`: the longest captured length; publishers cut longer packets to it.
-    /// Default 65535; 1 to 262144.
     pub snaplen: u32,
     /// `queue-depth`: batches buffered per subscriber before the overflow policy applies.
-    /// Default 256; 1 to 65536.
     pub queue_depth: usize,
-    /// `overflow`: what to do when a subscriber's queue is full. Default drop-oldest.
+    /// `overflow`: what to do when a subscriber's queue is full.
     pub overflow: Overflow,
-    /// `max-subscribers`: subscribers connected at once. Default 64; 1 to 4096.
+    /// `max-subscribers`: subscribers connected at once.
     pub max_subscribers: usize,
-    /// `max-producers`: producers connected at once. Default 4; 1 to 64.
+    /// `max-producers`: producers connected at once.
     pub max_producers: usize,
     /// `max-batch-bytes`: the largest batch a producer may send, in bytes.
-    /// Default 16 MiB; 4096 to 1 GiB.
     pub max_batch_bytes: usize,
     /// `producer-group`: when set, only members of this Unix group may produce.
     pub producer_group: Option<String>,
@@ -151,18 +176,9 @@ pub struct ServerConfig {
 }
 
 impl Default for ServerConfig {
+    /// Every key at its default in [`keys::KEYS`].
     fn default() -> Self {
-        ServerConfig {
-            linktype: 1,
-            snaplen: 65535,
-            queue_depth: 256,
-            overflow: Overflow::DropOldest,
-            max_subscribers: 64,
-            max_producers: 4,
-            max_batch_bytes: 16 * 1024 * 1024,
-            producer_group: None,
-            subscriber_group: None,
-        }
+        defaults::of(Section::Servers)
     }
 }
 
@@ -247,21 +263,35 @@ pub fn load_with_env(source: &Source, env: &[(String, String)]) -> Result<Config
     };
 
     // Syntax and type errors, with the line: from the toml crate and its spans.
-    let parsed: Config = toml::from_str(&text).map_err(|err| file.toml_error(&err))?;
+    let parsed = parse_file(&file)?;
 
     let known: Vec<String> = parsed.servers.keys().cloned().collect();
     let overrides = EnvOverrides::parse(env, &known)?;
+    let servers: BTreeSet<&str> = known
+        .iter()
+        .map(String::as_str)
+        .chain(overrides.servers())
+        .collect();
 
-    // The final configuration: the file, then the environment over it.
+    // The final configuration: the defaults, the file over them, the environment over it.
     let merged = config::Config::builder()
+        .add_source(defaults::layer(servers))
         .add_source(config::File::from_str(&text, config::FileFormat::Toml))
-        .add_source(overrides.clone())
+        .add_source(overrides.layer())
         .build()
         .and_then(|merged| merged.try_deserialize::<Config>())
         .map_err(|err| overrides.config_error(&file, err))?;
 
     check::validate(&merged, &file, &overrides)?;
     Ok(merged)
+}
+
+/// The file alone, its defaults filled in, through the toml crate: its syntax and type errors
+/// come with their spans.
+fn parse_file(file: &FileText<'_>) -> Result<Config, ConfigError> {
+    let mut document = DeTable::parse(file.text).map_err(|err| file.toml_error(&err))?;
+    defaults::fill(document.get_mut());
+    Config::deserialize(toml::de::Deserializer::from(document)).map_err(|err| file.toml_error(&err))
 }
 
 #[cfg(test)]
@@ -285,7 +315,7 @@ mod tests {
         assert_eq!(lossless.max_subscribers, 8);
         assert_eq!(lossless.max_producers, 1);
         // The same text through the toml crate alone gives the same thing.
-        assert_eq!(toml::from_str::<Config>(SHIPPED).expect("valid"), config);
+        assert_eq!(parse(SHIPPED).expect("valid"), config);
         assert!(missing_groups(&config).is_empty());
     }
 
@@ -443,8 +473,126 @@ mod tests {
                 format!("\"{name}\"")
             );
             let text = format!("[servers.a]\noverflow = \"{name}\"\n");
-            let config: Config = toml::from_str(&text).expect("valid");
+            let config = parse(&text).expect("valid");
             assert_eq!(config.servers["a"].overflow, overflow);
         }
+    }
+
+    /// The text through the toml crate alone, as the first parse of [`load`] does.
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        parse_file(&FileText {
+            name: "text".into(),
+            text,
+        })
+    }
+
+    /// The fields serde expects, read from its "unknown field" message.
+    fn expected_fields(text: &str) -> Vec<String> {
+        let err = toml::from_str::<Config>(text).expect_err("unknown field");
+        let message = err.message();
+        let list = message
+            .split_once("expected one of ")
+            .map(|(_, list)| list)
+            .expect("a list of fields");
+        list.split(", ")
+            .map(|name| name.trim().trim_matches('`').to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn key_table_matches_the_structs() {
+        for section in Section::ALL {
+            let table = if section.named() {
+                format!("[{section}.a]\nzzz = 1\n")
+            } else {
+                format!("[{section}]\nzzz = 1\n")
+            };
+            let names: Vec<&str> = keys::of(section).map(|spec| spec.name).collect();
+            assert_eq!(expected_fields(&table), names, "[{section}]");
+        }
+    }
+
+    /// The lines of the table `header` of `text` (up to the next header), a header being a
+    /// line starting with `[` or, for a table documented commented out, `# [`.
+    fn table_lines<'a>(text: &'a str, header: &str) -> Vec<&'a str> {
+        let is_header = |line: &str| line.starts_with('[') || line.starts_with("# [");
+        text.lines()
+            .skip_while(|line| line.trim_start_matches("# ") != header)
+            .skip(1)
+            .take_while(|line| !is_header(line))
+            .collect()
+    }
+
+    /// Where a key's example value is written for each section: its table in the shipped
+    /// example and in the embedded default.
+    fn documented_in(section: Section) -> (&'static str, &'static str) {
+        match section {
+            Section::Daemon => ("[daemon]", "[daemon]"),
+            Section::Servers => ("[servers.capture0]", "[servers.default]"),
+        }
+    }
+
+    #[test]
+    fn shipped_example_documents_every_key_with_its_default() {
+        for spec in keys::KEYS {
+            let (header, _) = documented_in(spec.section);
+            let lines = table_lines(SHIPPED, header);
+            let prefix = format!("{} = ", spec.name);
+            let line = lines
+                .iter()
+                .find(|line| line.trim_start_matches("# ").starts_with(&prefix))
+                .unwrap_or_else(|| panic!("{} is not in {header} of the example", spec.name));
+            match spec.default {
+                // Written as it is, not commented out.
+                Some(default) => assert_eq!(*line, format!("{prefix}{default}"), "{}", spec.name),
+                // Shown commented out, with a valid example value.
+                None => assert!(line.starts_with("# "), "{line}"),
+            }
+        }
+    }
+
+    #[test]
+    fn embedded_default_lists_every_default() {
+        for spec in keys::KEYS {
+            let (_, header) = documented_in(spec.section);
+            let lines = table_lines(EMBEDDED_DEFAULT, header);
+            let prefix = format!("{} = ", spec.name);
+            let written = lines.iter().find(|line| line.starts_with(&prefix));
+            match spec.default {
+                Some(default) => {
+                    assert_eq!(written, Some(&format!("{prefix}{default}").as_str()))
+                }
+                None => assert_eq!(written, None, "{} has no default", spec.name),
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_come_from_the_table() {
+        let daemon = DaemonConfig::default();
+        assert_eq!(daemon.log_format, LogFormat::Text);
+        assert_eq!(daemon.shutdown_timeout_ms, 5000);
+        assert_eq!(daemon.runtime_dir, None);
+        // Every default of the table, and nothing else, reads back from the structs.
+        let values = serde_json::to_value(Config {
+            daemon,
+            servers: BTreeMap::from([("a".to_owned(), ServerConfig::default())]),
+        })
+        .expect("serializable");
+        for spec in keys::KEYS {
+            let pointer = if spec.section.named() {
+                format!("/{}/a/{}", spec.section, spec.name)
+            } else {
+                format!("/{}/{}", spec.section, spec.name)
+            };
+            let value = values.pointer(&pointer).expect("a field per key");
+            match spec.default {
+                Some(default) => assert_eq!(&value.to_string(), default, "{pointer}"),
+                None => assert!(value.is_null(), "{pointer}"),
+            }
+        }
+        // Partial tables are filled by load, not by serde.
+        assert!(toml::from_str::<Config>("[servers.a]\nsnaplen = 1\n")
+            .is_err_and(|err| err.message().contains("missing field")));
     }
 }
