@@ -3,19 +3,82 @@
 //!
 //! They run on the final values, the environment layered over the file, and read each key's
 //! [`Kind`] from the key table; an error names where the bad value came from (the variable
-//! that set it, else the file and its line).
+//! that set it, else the file and its line). Before that, [`file_values`] rejects what the
+//! file writes that cannot even be carried to the final values.
 
 use std::path::Path;
 
 use serde_json::Value;
+use toml::de::{DeTable, DeValue};
 
 use super::env::EnvOverrides;
 use super::keys::{self, KeySpec, Kind, Section};
-use super::text::FileText;
+use super::text::{line_at, FileText};
 use super::{Config, ConfigError};
 
 /// The longest server name.
 const SERVER_NAME_MAX: usize = 64;
+
+/// Checks the values written in the file that no later step could name with their key and
+/// line: an integer key given an integer that is negative or does not fit in 63 bits (the
+/// `config` crate reads integers as `i64` and would fail without naming the key). Each is
+/// reported as out of the key's range.
+pub(super) fn file_values(document: &DeTable<'_>, file: &FileText<'_>) -> Result<(), ConfigError> {
+    for section in Section::ALL {
+        let Some(DeValue::Table(table)) = document.get(section.name()).map(|v| v.get_ref()) else {
+            continue;
+        };
+        if !section.named() {
+            file_table(table, &[section.name()], section, file)?;
+            continue;
+        }
+        for (name, server) in table {
+            if let DeValue::Table(server) = server.get_ref() {
+                file_table(server, &[section.name(), name.get_ref()], section, file)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`file_values`] for the keys of `section` in `table`, the table at `path`.
+fn file_table(
+    table: &DeTable<'_>,
+    path: &[&str],
+    section: Section,
+    file: &FileText<'_>,
+) -> Result<(), ConfigError> {
+    for (key, value) in table {
+        let Some(spec) = keys::find(section, key.get_ref()) else {
+            continue; // serde reports unknown keys
+        };
+        let written = file.text.get(value.span()).unwrap_or_default();
+        if let Err(message) = file_value(spec, value.get_ref(), written) {
+            let mut path = path.to_vec();
+            path.push(spec.name);
+            return Err(ConfigError {
+                source_name: file.name.clone(),
+                line: Some(line_at(file.text, key.span().start)),
+                key: Some(path.join(".")),
+                message,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks one value as written in the file (`written` is its text).
+fn file_value(spec: &KeySpec, value: &DeValue<'_>, written: &str) -> Result<(), String> {
+    match (spec.kind, value) {
+        (Kind::Integer { min, max }, DeValue::Integer(int)) => {
+            match i64::from_str_radix(int.as_str(), int.radix()) {
+                Ok(int) if int >= 0 => Ok(()),
+                _ => Err(range_message(min, max, written)),
+            }
+        }
+        _ => Ok(()),
+    }
+}
 
 /// Checks the final configuration: each key against its table entry, then the server names
 /// and that there is at least one server.
@@ -229,5 +292,52 @@ mod tests {
         let (_, err) = load_err("[daemon]\n[servers]\n", &[]);
         assert_eq!(err.key(), Some("servers"));
         assert_eq!(err.line(), Some(2));
+    }
+
+    #[test]
+    fn integers_that_fit_no_field_name_key_and_line() {
+        for value in [
+            "99999999999999999999",
+            "9223372036854775808",
+            "18446744073709551616",
+            "0x8000000000000000",
+            "-1",
+            "-9223372036854775809",
+        ] {
+            let text = format!("[servers.x]\n\nmax-batch-bytes = {value}\n");
+            let (path, err) = load_err(&text, &[]);
+            assert_eq!(err.key(), Some("servers.x.max-batch-bytes"), "{value}");
+            assert_eq!(err.line(), Some(3), "{value}");
+            assert_eq!(err.source_name, path.display().to_string());
+            assert_eq!(
+                err.message,
+                format!("must be between 4096 and 1073741824, got {value}")
+            );
+        }
+        let (_, err) = load_err(
+            "[daemon]\nshutdown-timeout-ms = 9223372036854775808\n[servers.x]\n",
+            &[],
+        );
+        assert_eq!(err.key(), Some("daemon.shutdown-timeout-ms"));
+        assert_eq!(err.line(), Some(2));
+        assert!(err.message.starts_with("must be at most 86400000"), "{err}");
+
+        // Written as TOML allows, integers are read as TOML reads them.
+        let text = "[servers.x]\nmax-batch-bytes = 1_048_576\nsnaplen = 0x5dc\n";
+        let config = load_text(text, &[]).1.expect("valid");
+        assert_eq!(config.servers["x"].max_batch_bytes, 1 << 20);
+        assert_eq!(config.servers["x"].snaplen, 1500);
+
+        // From the environment: the variable and the key.
+        let var = "PACKET_IPC__SERVERS__X__MAX_BATCH_BYTES";
+        for value in ["99999999999999999999", "18446744073709551615"] {
+            let (_, err) = load_err("[servers.x]\n", &[(var, value)]);
+            assert_eq!(err.source_name, format!("environment variable {var}"));
+            assert_eq!(err.key(), Some("servers.x.max-batch-bytes"));
+            assert_eq!(
+                err.message,
+                format!("must be between 4096 and 1073741824, got {value}")
+            );
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The `PACKET_IPC__SECTION__KEY` environment overrides: which variables are overrides,
 //! which key each one sets, and its value typed by the key table.
 
+use super::check::range_message;
 use super::keys::{self, KeySpec, Kind, Section};
 use super::layer::Layer;
 use super::text::FileText;
@@ -212,11 +213,16 @@ fn typed(spec: &KeySpec, text: &str) -> Result<config::ValueKind, String> {
         return Ok(config::ValueKind::Nil);
     }
     match spec.kind {
-        Kind::Integer { .. } => text
-            .trim()
-            .parse::<u64>()
-            .map(config::ValueKind::U64)
-            .map_err(|_| format!("expected a non-negative integer, got {text:?}")),
+        Kind::Integer { min, max } => {
+            let digits = text.trim();
+            match digits.parse::<u64>() {
+                Ok(int) => Ok(config::ValueKind::U64(int)),
+                Err(_) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+                    Err(range_message(min, max, digits))
+                }
+                Err(_) => Err(format!("expected a non-negative integer, got {text:?}")),
+            }
+        }
         Kind::Choice(check) => check(text).map(|()| config::ValueKind::String(text.to_owned())),
         Kind::AbsolutePath | Kind::Group => Ok(config::ValueKind::String(text.to_owned())),
     }

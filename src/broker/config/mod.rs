@@ -290,6 +290,7 @@ pub fn load_with_env(source: &Source, env: &[(String, String)]) -> Result<Config
 /// come with their spans.
 fn parse_file(file: &FileText<'_>) -> Result<Config, ConfigError> {
     let mut document = DeTable::parse(file.text).map_err(|err| file.toml_error(&err))?;
+    check::file_values(document.get_ref(), file)?;
     defaults::fill(document.get_mut());
     Config::deserialize(toml::de::Deserializer::from(document)).map_err(|err| file.toml_error(&err))
 }
