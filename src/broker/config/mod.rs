@@ -14,7 +14,8 @@
 //!
 //! # Reading
 //!
-//! [`load`] reads the text once and parses it twice:
+//! [`load`] reads the text once (a regular file of at most 1 MiB, opened without blocking so
+//! that a FIFO cannot hang it) and parses it twice:
 //!
 //! 1. with the `toml` crate, the table's defaults filled in, straight into [`Config`], only to
 //!    report syntax and type errors with the file, the dotted key and the line (the span of
@@ -88,7 +89,6 @@ mod source;
 mod test_support;
 mod text;
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
@@ -243,20 +243,7 @@ pub fn load(source: &Source) -> Result<Config, ConfigError> {
 
 /// [`load`] with the environment given as (name, value) pairs.
 pub fn load_with_env(source: &Source, env: &[(String, String)]) -> Result<Config, ConfigError> {
-    let text: Cow<'_, str> = match source {
-        Source::File(path) => match std::fs::read_to_string(path) {
-            Ok(text) => Cow::Owned(text),
-            Err(err) => {
-                return Err(ConfigError {
-                    source_name: source.to_string(),
-                    line: None,
-                    key: None,
-                    message: format!("cannot read the file: {err}"),
-                })
-            }
-        },
-        Source::Embedded => Cow::Borrowed(EMBEDDED_DEFAULT),
-    };
+    let text = source::read(source)?;
     let file = FileText {
         name: source.to_string(),
         text: &text,

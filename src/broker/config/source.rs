@@ -1,9 +1,15 @@
 //! Where the configuration comes from: `--config`, `$PACKET_IPC_CONFIG`, the system path,
-//! else the embedded default.
+//! else the embedded default; and reading it.
 
+use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use super::ConfigError;
 
 /// Where the configuration comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +86,71 @@ pub fn locate_with(
     }
     Source::Embedded
 }
+/// The most a configuration file may hold, in bytes: 1 MiB.
+pub(super) const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// The text of `source`.
+///
+/// A file is opened without blocking (so that a FIFO given as the file cannot hang the
+/// daemon or `--check`), must be a regular file, as told by `fstat` on the open descriptor,
+/// and may hold at most [`MAX_FILE_BYTES`] of UTF-8; anything else is an error naming it.
+pub(super) fn read(source: &Source) -> Result<Cow<'static, str>, ConfigError> {
+    let path = match source {
+        Source::File(path) => path,
+        Source::Embedded => return Ok(Cow::Borrowed(EMBEDDED_DEFAULT)),
+    };
+    let error = |why: String| ConfigError {
+        source_name: source.to_string(),
+        line: None,
+        key: None,
+        message: format!("cannot read the file: {why}"),
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|err| error(err.to_string()))?;
+    let metadata = file.metadata().map_err(|err| error(err.to_string()))?;
+    if !metadata.is_file() {
+        return Err(error(format!(
+            "not a regular file but {}",
+            file_type_name(metadata.file_type())
+        )));
+    }
+    let too_big = || error(format!("larger than {MAX_FILE_BYTES} bytes (1 MiB)"));
+    if metadata.len() > MAX_FILE_BYTES {
+        return Err(too_big());
+    }
+    // At most one byte past the limit, in case the file grew since fstat.
+    let mut bytes = Vec::new();
+    File::take(file, MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| error(err.to_string()))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes)
+        .map(Cow::Owned)
+        .map_err(|err| error(format!("not valid UTF-8 ({err})")))
+}
+
+/// What a file that is not a regular file is, for errors.
+fn file_type_name(file_type: std::fs::FileType) -> &'static str {
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else {
+        "something else"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +187,66 @@ mod tests {
             Source::File("/etc/x.toml".into()).to_string(),
             "/etc/x.toml"
         );
+    }
+
+    fn read_err(path: &Path) -> ConfigError {
+        read(&Source::File(path.to_path_buf())).expect_err("not readable")
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("fifo.toml");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let source = Source::File(path.clone());
+        std::thread::spawn(move || tx.send(super::super::load_with_env(&source, &[])));
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("load returns promptly on a FIFO");
+        let err = result.expect_err("a FIFO is not a configuration file");
+        assert_eq!(err.source_name, path.display().to_string());
+        assert_eq!(
+            err.message,
+            "cannot read the file: not a regular file but a FIFO"
+        );
+    }
+
+    #[test]
+    fn only_regular_files_are_read() {
+        let err = read_err(Path::new("/dev/zero"));
+        assert_eq!(err.source_name, "/dev/zero");
+        assert!(err.message.ends_with("a character device"), "{err}");
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let err = read_err(dir.path());
+        assert!(err.message.ends_with("a directory"), "{err}");
+        let err = read_err(&dir.path().join("absent.toml"));
+        assert!(err.message.starts_with("cannot read the file: "), "{err}");
+        assert_eq!((err.line, err.key), (None, None));
+    }
+
+    #[test]
+    fn at_most_one_mebibyte() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("big.toml");
+        let head = "[servers.a]\n";
+        let mut text = String::from(head);
+        while text.len() < MAX_FILE_BYTES as usize {
+            text.push_str("# padding\n");
+        }
+        text.truncate(MAX_FILE_BYTES as usize - 1);
+        text.push('\n');
+        std::fs::write(&path, &text).expect("write");
+        let read_back = read(&Source::File(path.clone())).expect("exactly 1 MiB is read");
+        assert_eq!(read_back.len() as u64, MAX_FILE_BYTES);
+        text.push('\n');
+        std::fs::write(&path, &text).expect("write");
+        let err = read_err(&path);
+        assert_eq!(err.source_name, path.display().to_string());
+        assert!(err.message.contains("larger than 1048576 bytes"), "{err}");
+
+        std::fs::write(&path, b"[servers.a]\n# \xff\n").expect("write");
+        assert!(read_err(&path).message.contains("not valid UTF-8"));
+        assert_eq!(read(&Source::Embedded).expect("embedded"), EMBEDDED_DEFAULT);
     }
 }
