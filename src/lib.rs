@@ -13,6 +13,8 @@
 //!   [`TransferIpc`] (`stream.rs`): the point-to-point API of the original crate.
 //! - [`broker`]: the daemon `packet-ipcd`: configuration, rendezvous file, spool
 //!   directories, one hub thread per named server doing the fan-out, lifecycle.
+//! - [`options`]: options of both the daemon's configuration and its clients
+//!   ([`options::WaitMode`]).
 //! - [`Producer`] (`producer.rs`) and [`Subscriber`] (`subscriber.rs`): clients of the
 //!   daemon, which find it through the rendezvous file and reconnect by themselves.
 //! - [`bench`](mod@bench): the built-in benchmark behind `packet-ipc bench`.
@@ -23,6 +25,7 @@ pub mod batch;
 pub mod broker;
 mod client;
 pub mod connect;
+pub mod options;
 pub mod packet;
 mod producer;
 pub mod rendezvous;

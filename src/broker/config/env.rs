@@ -477,7 +477,12 @@ mod tests {
     #[test]
     fn every_key_can_be_overridden() {
         // A value other than the default for each choice key.
-        let choices = [("log-format", "json"), ("overflow", "block")];
+        let choices = [
+            ("log-format", "json"),
+            ("overflow", "block"),
+            ("group-balance", "ip-pair"),
+            ("wait", "park"),
+        ];
         let mut vars = Vec::new();
         let mut expected = Vec::new();
         for spec in keys::KEYS {

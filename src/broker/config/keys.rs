@@ -12,7 +12,7 @@
 
 use std::fmt;
 
-use super::{LogFormat, Overflow};
+use super::{GroupBalance, LogFormat, Overflow, WaitMode};
 
 /// A table of the configuration file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +189,24 @@ pub const KEYS: &[KeySpec] = &[
             max: 1 << 30,
         },
         doc: "The largest batch a producer may send, in bytes (default 16 MiB).",
+    },
+    KeySpec {
+        section: Section::Servers,
+        name: "group-balance",
+        default: Some("\"flow\""),
+        kind: Kind::Choice(is_variant::<GroupBalance>),
+        doc: "How a subscriber group of this server spreads packets over its members: `flow` \
+              (a connection's packets to one member), `ip-pair` (the packets between two \
+              addresses to one member) or `batch` (whole batches in turn).",
+    },
+    KeySpec {
+        section: Section::Servers,
+        name: "wait",
+        default: Some("\"adaptive\""),
+        kind: Kind::Choice(is_variant::<WaitMode>),
+        doc: "How this server's subscribers wait for data unless they choose: `adaptive` \
+              (spin a little, then sleep), `spin` (never sleep) or `park` (sleep until \
+              woken). Not the producer's wait of `overflow = \"block\"`.",
     },
     KeySpec {
         section: Section::Servers,

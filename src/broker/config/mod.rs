@@ -96,6 +96,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::de::DeTable;
 
+pub use crate::options::WaitMode;
 pub use error::ConfigError;
 pub use groups::{group_id, missing_groups};
 pub use source::{locate, locate_with, Source, EMBEDDED_DEFAULT, SYSTEM_PATH};
@@ -169,6 +170,11 @@ pub struct ServerConfig {
     pub max_producers: usize,
     /// `max-batch-bytes`: the largest batch a producer may send, in bytes.
     pub max_batch_bytes: usize,
+    /// `group-balance`: how a subscriber group of this server spreads packets over its
+    /// members.
+    pub group_balance: GroupBalance,
+    /// `wait`: how this server's subscribers wait for data, unless they choose.
+    pub wait: WaitMode,
     /// `producer-group`: when set, only members of this Unix group may produce.
     pub producer_group: Option<String>,
     /// `subscriber-group`: when set, only members of this Unix group may subscribe.
@@ -210,6 +216,44 @@ impl Overflow {
 }
 
 impl fmt::Display for Overflow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a subscriber group spreads a server's packets over its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupBalance {
+    /// By flow: the packets of one connection (its addresses, ports and protocol, both
+    /// directions) go to the same member.
+    Flow,
+    /// By address pair: the packets between two IP addresses, both directions, whatever the
+    /// ports, go to the same member.
+    IpPair,
+    /// By batch: whole batches go to the members in turn, whatever they hold.
+    Batch,
+}
+
+impl GroupBalance {
+    /// Every way.
+    pub const ALL: [GroupBalance; 3] = [
+        GroupBalance::Flow,
+        GroupBalance::IpPair,
+        GroupBalance::Batch,
+    ];
+
+    /// The name as written in the configuration: `flow`, `ip-pair` or `batch`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupBalance::Flow => "flow",
+            GroupBalance::IpPair => "ip-pair",
+            GroupBalance::Batch => "batch",
+        }
+    }
+}
+
+impl fmt::Display for GroupBalance {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -582,5 +626,66 @@ mod tests {
         // Partial tables are filled by load, not by serde.
         assert!(toml::from_str::<Config>("[servers.a]\nsnaplen = 1\n")
             .is_err_and(|err| err.message().contains("missing field")));
+    }
+
+    #[test]
+    fn group_balance_and_wait() {
+        let defaults = ServerConfig::default();
+        assert_eq!(defaults.group_balance, GroupBalance::Flow);
+        assert_eq!(defaults.wait, WaitMode::Adaptive);
+        let config = load_text(MINIMAL, &[]).1.expect("valid");
+        assert_eq!(config.servers["capture0"].group_balance, GroupBalance::Flow);
+        assert_eq!(config.servers["capture0"].wait, WaitMode::Adaptive);
+
+        for (balance, name) in GroupBalance::ALL
+            .into_iter()
+            .zip(["flow", "ip-pair", "batch"])
+        {
+            assert_eq!((balance.as_str(), balance.to_string()), (name, name.into()));
+            let text = format!("[servers.a]\ngroup-balance = \"{name}\"\n");
+            let config = load_text(&text, &[]).1.expect("valid");
+            assert_eq!(config.servers["a"].group_balance, balance);
+            let var = ("PACKET_IPC__SERVERS__A__GROUP_BALANCE", name);
+            let config = load_text("[servers.a]\n", &[var]).1.expect("valid");
+            assert_eq!(config.servers["a"].group_balance, balance);
+        }
+        for mode in WaitMode::ALL {
+            let text = format!("[servers.a]\nwait = \"{mode}\"\n");
+            let config = load_text(&text, &[]).1.expect("valid");
+            assert_eq!(config.servers["a"].wait, mode);
+            let var = ("PACKET_IPC__SERVERS__A__WAIT", mode.as_str());
+            let config = load_text("[servers.a]\n", &[var]).1.expect("valid");
+            assert_eq!(config.servers["a"].wait, mode);
+        }
+
+        let cases = [
+            (
+                "group-balance = \"round-robin\"",
+                "group-balance",
+                "round-robin",
+            ),
+            ("wait = \"block\"", "wait", "block"),
+            ("wait = \"Spin\"", "wait", "Spin"),
+        ];
+        for (line, key, value) in cases {
+            let text = format!("[servers.x]\n\n{line}\n");
+            let (path, err) = load_err(&text, &[]);
+            assert_eq!(err.key(), Some(format!("servers.x.{key}").as_str()));
+            assert_eq!(err.line(), Some(3));
+            assert_eq!(err.source_name, path.display().to_string());
+            assert!(
+                err.message
+                    .starts_with(&format!("unknown variant `{value}`")),
+                "{err}"
+            );
+            let var =
+                format!("PACKET_IPC__SERVERS__X__{}", key.to_ascii_uppercase()).replace('-', "_");
+            let (_, err) = load_err("[servers.x]\n", &[(&var, value)]);
+            assert_eq!(err.source_name, format!("environment variable {var}"));
+            assert_eq!(err.key(), Some(format!("servers.x.{key}").as_str()));
+            assert!(err.message.contains("unknown variant"), "{err}");
+        }
+        let (_, err) = load_err("[servers.x]\nwait = 1\n", &[]);
+        assert_eq!((err.key(), err.line()), (Some("servers.x.wait"), Some(2)));
     }
 }

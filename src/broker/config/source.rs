@@ -47,6 +47,8 @@ overflow = "drop-oldest"
 max-subscribers = 64
 max-producers = 4
 max-batch-bytes = 16777216
+group-balance = "flow"
+wait = "adaptive"
 "#;
 
 /// Where the packaged configuration file lives.
