@@ -6,6 +6,7 @@
 //! that set it, else the file and its line). Before that, [`file_values`] rejects what the
 //! file writes that cannot even be carried to the final values.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use serde_json::Value;
@@ -20,9 +21,9 @@ use super::{Config, ConfigError};
 const SERVER_NAME_MAX: usize = 64;
 
 /// Checks the values written in the file that no later step could name with their key and
-/// line: an integer key given an integer that is negative or does not fit in 63 bits (the
-/// `config` crate reads integers as `i64` and would fail without naming the key). Each is
-/// reported as out of the key's range.
+/// line, or as clearly: an integer key given an integer that is negative or does not fit in
+/// 63 bits (the `config` crate reads integers as `i64` and would fail without naming the
+/// key), reported as out of the key's range; an address that is not one.
 pub(super) fn file_values(document: &DeTable<'_>, file: &FileText<'_>) -> Result<(), ConfigError> {
     for section in Section::ALL {
         let Some(DeValue::Table(table)) = document.get(section.name()).map(|v| v.get_ref()) else {
@@ -76,6 +77,7 @@ fn file_value(spec: &KeySpec, value: &DeValue<'_>, written: &str) -> Result<(), 
                 _ => Err(range_message(min, max, written)),
             }
         }
+        (Kind::SocketAddr, DeValue::String(text)) => socket_addr(text).map(drop),
         _ => Ok(()),
     }
 }
@@ -168,6 +170,22 @@ pub(super) fn range_message(min: u64, max: u64, got: impl std::fmt::Display) -> 
     } else {
         format!("must be between {min} and {max}, got {got}")
     }
+}
+
+/// `text` as a socket address, with what is wrong with it if it is not one.
+pub(super) fn socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        let port = text.rsplit_once(':').map(|(_, port)| port);
+        match port.and_then(|port| port.parse::<u64>().ok()) {
+            Some(port) if port > u64::from(u16::MAX) => {
+                format!("port {port} is out of range (at most 65535) in {text:?}")
+            }
+            _ => format!(
+                "expected IP:PORT with a numeric IP, such as \"127.0.0.1:9464\" or \
+                 \"[::1]:9464\" (host names are not resolved), got {text:?}"
+            ),
+        }
+    })
 }
 
 /// `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.

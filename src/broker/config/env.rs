@@ -1,7 +1,7 @@
 //! The `PACKET_IPC__SECTION__KEY` environment overrides: which variables are overrides,
 //! which key each one sets, and its value typed by the key table.
 
-use super::check::range_message;
+use super::check::{range_message, socket_addr};
 use super::keys::{self, KeySpec, Kind, Section};
 use super::layer::Layer;
 use super::text::FileText;
@@ -224,6 +224,7 @@ fn typed(spec: &KeySpec, text: &str) -> Result<config::ValueKind, String> {
             }
         }
         Kind::Choice(check) => check(text).map(|()| config::ValueKind::String(text.to_owned())),
+        Kind::SocketAddr => socket_addr(text).map(|_| config::ValueKind::String(text.to_owned())),
         Kind::AbsolutePath | Kind::Group => Ok(config::ValueKind::String(text.to_owned())),
     }
 }
@@ -495,6 +496,7 @@ mod tests {
                     .unwrap_or_else(|| panic!("give {} a test value", spec.name)),
                 Kind::AbsolutePath => serde_json::json!("/run/x"),
                 Kind::Group => serde_json::json!("somegroup"),
+                Kind::SocketAddr => serde_json::json!("127.0.0.1:9464"),
             };
             let section = spec.section.name();
             let (var, pointer) = if spec.section.named() {

@@ -19,18 +19,21 @@ use super::{GroupBalance, LogFormat, Overflow, WaitMode};
 pub enum Section {
     /// `[daemon]`: settings of the process itself.
     Daemon,
+    /// `[metrics]`: the metrics endpoint; absent, there is none.
+    Metrics,
     /// `[servers.NAME]`: one table per named server.
     Servers,
 }
 
 impl Section {
     /// Every section, in the order the checks visit them.
-    pub const ALL: [Section; 2] = [Section::Daemon, Section::Servers];
+    pub const ALL: [Section; 3] = [Section::Daemon, Section::Metrics, Section::Servers];
 
     /// The section's name in the file and in environment variables (upper-cased there).
     pub fn name(self) -> &'static str {
         match self {
             Section::Daemon => "daemon",
+            Section::Metrics => "metrics",
             Section::Servers => "servers",
         }
     }
@@ -73,6 +76,8 @@ pub enum Kind {
     /// The name of a Unix group (whether it exists is the daemon's business, see
     /// [`missing_groups`](super::missing_groups)).
     Group,
+    /// A socket address, `IP:PORT` with a numeric IP (`127.0.0.1:9464`, `[::1]:9464`).
+    SocketAddr,
 }
 
 /// One key of the configuration.
@@ -128,6 +133,15 @@ pub const KEYS: &[KeySpec] = &[
         doc: "How long to keep delivering queued batches after SIGTERM or SIGINT, in \
               milliseconds. At most one day, so that a deadline computed from it cannot \
               overflow.",
+    },
+    // [metrics]
+    KeySpec {
+        section: Section::Metrics,
+        name: "listen",
+        default: None,
+        kind: Kind::SocketAddr,
+        doc: "The address, IP:PORT, where the daemon serves its metrics. Unset, or without \
+              a [metrics] table, there is no metrics endpoint.",
     },
     // [servers.NAME]
     KeySpec {
@@ -296,7 +310,7 @@ mod tests {
                     assert_eq!(check(name), Ok(()), "{}", spec.name);
                     assert!(check("no-such-variant").is_err());
                 }
-                Kind::AbsolutePath | Kind::Group => {
+                Kind::AbsolutePath | Kind::Group | Kind::SocketAddr => {
                     panic!("{}: optional kinds have no default", spec.name)
                 }
             }

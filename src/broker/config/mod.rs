@@ -30,8 +30,8 @@
 //!
 //! # Environment overrides
 //!
-//! `PACKET_IPC__DAEMON__<KEY>` sets `daemon.<key>` and `PACKET_IPC__SERVERS__<NAME>__<KEY>`
-//! sets `servers.<name>.<key>`: double underscores separate the levels, `<KEY>` is matched
+//! `PACKET_IPC__DAEMON__<KEY>` sets `daemon.<key>`, `PACKET_IPC__METRICS__<KEY>`
+//! `metrics.<key>` and `PACKET_IPC__SERVERS__<NAME>__<KEY>` sets `servers.<name>.<key>`: double underscores separate the levels, `<KEY>` is matched
 //! case-insensitively with `_` standing for `-` (`QUEUE_DEPTH` is `queue-depth`). Only the
 //! `PACKET_IPC__` prefix (two underscores) is read, so the contract's single-underscore
 //! variables (`PACKET_IPC_CONFIG`, `PACKET_IPC_RUNTIME_DIR`, `PACKET_IPC_RENDEZVOUS`) are
@@ -47,7 +47,7 @@
 //! Values are typed by their key's kind in the table: integer keys take a non-negative
 //! decimal integer, choices one of their names, the others the text as it is; an empty value
 //! clears an optional key (one without a default: `runtime-dir`, `producer-group`,
-//! `subscriber-group`).
+//! `subscriber-group`, `listen`), so `PACKET_IPC__METRICS__LISTEN=` turns metrics off.
 //!
 //! The overrides reach the `config` crate as a source of our own rather than
 //! `config::Environment`: that one lowercases every key and, with `convert_case(Kebab)`,
@@ -91,6 +91,7 @@ mod text;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -115,6 +116,10 @@ pub struct Config {
     /// The `[daemon]` table: settings of the process itself.
     #[serde(default)]
     pub daemon: DaemonConfig,
+    /// The `[metrics]` table: the metrics endpoint, off when the table or its `listen` is
+    /// absent.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// The `[servers.NAME]` tables: one broker server per entry, keyed by its name.
     #[serde(default)]
     pub servers: BTreeMap<String, ServerConfig>,
@@ -138,6 +143,22 @@ impl Default for DaemonConfig {
     /// Every key at its default in [`keys::KEYS`].
     fn default() -> Self {
         defaults::of(Section::Daemon)
+    }
+}
+
+/// The `[metrics]` table. Absent, it is the default: no metrics endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MetricsConfig {
+    /// `listen`: where the daemon serves its metrics, `IP:PORT` with a numeric IP
+    /// (`127.0.0.1:9464`). `None`, the default, means no metrics endpoint.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    /// Every key at its default in [`keys::KEYS`]: no endpoint.
+    fn default() -> Self {
+        defaults::of(Section::Metrics)
     }
 }
 
@@ -356,6 +377,7 @@ mod tests {
         let config = load_with_env(&Source::Embedded, &[]).expect("valid");
         let expected = Config {
             daemon: DaemonConfig::default(),
+            metrics: MetricsConfig::default(),
             servers: BTreeMap::from([("default".to_owned(), ServerConfig::default())]),
         };
         assert_eq!(config, expected);
@@ -522,8 +544,10 @@ mod tests {
     fn expected_fields(text: &str) -> Vec<String> {
         let err = toml::from_str::<Config>(text).expect_err("unknown field");
         let message = err.message();
+        // "expected one of `a`, `b`", or "expected `a`" for a single field.
         let list = message
             .split_once("expected one of ")
+            .or_else(|| message.split_once("expected "))
             .map(|(_, list)| list)
             .expect("a list of fields");
         list.split(", ")
@@ -560,6 +584,7 @@ mod tests {
     fn documented_in(section: Section) -> (&'static str, &'static str) {
         match section {
             Section::Daemon => ("[daemon]", "[daemon]"),
+            Section::Metrics => ("[metrics]", "[metrics]"),
             Section::Servers => ("[servers.capture0]", "[servers.default]"),
         }
     }
@@ -608,6 +633,7 @@ mod tests {
         // Every default of the table, and nothing else, reads back from the structs.
         let values = serde_json::to_value(Config {
             daemon,
+            metrics: MetricsConfig::default(),
             servers: BTreeMap::from([("a".to_owned(), ServerConfig::default())]),
         })
         .expect("serializable");
@@ -687,5 +713,73 @@ mod tests {
         }
         let (_, err) = load_err("[servers.x]\nwait = 1\n", &[]);
         assert_eq!((err.key(), err.line()), (Some("servers.x.wait"), Some(2)));
+    }
+
+    #[test]
+    fn metrics_listen() {
+        // Off unless set.
+        assert_eq!(MetricsConfig::default().listen, None);
+        let config = load_text(MINIMAL, &[]).1.expect("valid");
+        assert_eq!(config.metrics.listen, None);
+        let config = load_text(&format!("[metrics]\n{MINIMAL}"), &[])
+            .1
+            .expect("valid");
+        assert_eq!(config.metrics.listen, None);
+
+        for addr in ["127.0.0.1:9464", "0.0.0.0:9464", "[::1]:9464", "[::]:80"] {
+            let text = format!("[metrics]\nlisten = \"{addr}\"\n{MINIMAL}");
+            let config = load_text(&text, &[]).1.expect("valid");
+            assert_eq!(config.metrics.listen, addr.parse().ok(), "{addr}");
+        }
+
+        let cases = [
+            ("localhost", "expected IP:PORT"),
+            ("localhost:9464", "host names are not resolved"),
+            ("127.0.0.1", "expected IP:PORT"),
+            (
+                "1.2.3.4:99999",
+                "port 99999 is out of range (at most 65535)",
+            ),
+            ("::1:9464", "expected IP:PORT"),
+            ("", "expected IP:PORT"),
+        ];
+        for (addr, message) in cases {
+            let text = format!("{MINIMAL}\n[metrics]\nlisten = \"{addr}\"\n");
+            let (path, err) = load_err(&text, &[]);
+            assert_eq!(err.source_name, path.display().to_string());
+            assert_eq!(err.key(), Some("metrics.listen"), "{addr}");
+            assert_eq!(err.line(), Some(5), "{addr}");
+            assert!(err.message.contains(message), "{addr}: {err}");
+            assert!(err.message.contains(&format!("{addr:?}")), "{err}");
+        }
+        let (_, err) = load_err("[metrics]\nlisten = 9464\n[servers.a]\n", &[]);
+        assert_eq!((err.key(), err.line()), (Some("metrics.listen"), Some(2)));
+        assert!(err.message.contains("invalid type"), "{err}");
+
+        // From the environment: on, over the file, off again, or a bad value named.
+        let var = "PACKET_IPC__METRICS__LISTEN";
+        let config = load_text(MINIMAL, &[(var, "127.0.0.1:9000")])
+            .1
+            .expect("valid");
+        assert_eq!(config.metrics.listen, "127.0.0.1:9000".parse().ok());
+        let text = format!("[metrics]\nlisten = \"127.0.0.1:9464\"\n{MINIMAL}");
+        let config = load_text(&text, &[(var, "[::1]:9001")]).1.expect("valid");
+        assert_eq!(config.metrics.listen, "[::1]:9001".parse().ok());
+        let config = load_text(&text, &[(var, "")]).1.expect("valid");
+        assert_eq!(config.metrics.listen, None);
+        let (_, err) = load_err(MINIMAL, &[(var, "localhost")]);
+        assert_eq!(err.source_name, format!("environment variable {var}"));
+        assert_eq!(err.key(), Some("metrics.listen"));
+        assert!(err.message.contains("expected IP:PORT"), "{err}");
+
+        // Unknown keys are still errors.
+        let (_, err) = load_err("[metrics]\nfoo = 1\n[servers.a]\n", &[]);
+        assert_eq!((err.key(), err.line()), (Some("metrics.foo"), Some(2)));
+        assert!(err.message.contains("unknown field `foo`"), "{err}");
+        let (_, err) = load_err(MINIMAL, &[("PACKET_IPC__METRICS__FOO", "1")]);
+        assert_eq!(err.key(), Some("metrics.foo"));
+        assert!(err.message.contains("expected one of `listen`"), "{err}");
+        let (_, err) = load_err(MINIMAL, &[("PACKET_IPC__METRICS__A__LISTEN", "1")]);
+        assert_eq!(err.key(), Some("metrics"));
     }
 }

@@ -39,6 +39,8 @@ pub const EMBEDDED_DEFAULT: &str = r#"# packet-ipcd embedded default configurati
 log-format = "text"
 shutdown-timeout-ms = 5000
 
+# No [metrics] table: no metrics endpoint.
+
 [servers.default]
 linktype = 1
 snaplen = 65535
