@@ -82,8 +82,8 @@ fn file_value(spec: &KeySpec, value: &DeValue<'_>, written: &str) -> Result<(), 
     }
 }
 
-/// Checks the final configuration: each key against its table entry, then the server names
-/// and that there is at least one server.
+/// Checks the final configuration: that there is at least one server, the server names, and
+/// each key against its table entry.
 pub(super) fn validate(
     config: &Config,
     file: &FileText<'_>,

@@ -19,7 +19,10 @@
 //!
 //! 1. with the `toml` crate, the table's defaults filled in, straight into [`Config`], only to
 //!    report syntax and type errors with the file, the dotted key and the line (the span of
-//!    the error is mapped back to the key through a spanned parse of the same text);
+//!    the error is mapped back to the key through a spanned parse of the same text); before
+//!    serde sees them, an integer that no field can hold (negative, or past `i64`, which the
+//!    `config` crate could not read) and an address that is not `IP:PORT` are reported the
+//!    same way;
 //! 2. with the `config` crate, which layers the file over the table's defaults and the
 //!    environment overrides over the file, and builds the final [`Config`].
 //!
@@ -71,7 +74,8 @@
 //!   the `Default` of the structs;
 //! - `layer.rs`: values at key paths as a `config` source;
 //! - `env.rs`: the environment overrides;
-//! - `check.rs`: the checks of the final values;
+//! - `check.rs`: the checks of values: of the file's own (what cannot even be merged) and of
+//!   the final ones;
 //! - `source.rs`: where the configuration comes from;
 //! - `text.rs`: lines and keys of the file from byte offsets;
 //! - `error.rs`: [`ConfigError`];
