@@ -13,6 +13,8 @@
 //!   [`TransferIpc`] (`stream.rs`): the point-to-point API of the original crate.
 //! - [`broker`]: the daemon `packet-ipcd`: configuration, rendezvous file, spool
 //!   directories, one hub thread per named server doing the fan-out, lifecycle.
+//! - [`options`]: options of both the daemon's configuration and its clients
+//!   ([`options::WaitMode`]).
 //! - [`Producer`] (`producer.rs`) and [`Subscriber`] (`subscriber.rs`): clients of the
 //!   daemon, which find it through the rendezvous file and reconnect by themselves.
 //! - [`libpcap`]: libpcap loaded at run time: tcpdump filter expressions ([`libpcap::Filter`])

@@ -1,31 +1,31 @@
-//! Choices a client makes when it connects, shared by the library and the daemon.
+//! Options that both sides use: the daemon's configuration sets a server's default, and a
+//! client may choose for itself. Built without the `daemon` feature.
 
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
-
-/// How a subscriber (or a producer waiting for free memory) waits for the other side.
+/// How a subscriber waits for data when it has none.
 ///
-/// Not to be confused with `overflow = "block"`, which decides what happens to a
-/// subscriber that falls behind; this decides how a process waits when it has nothing to
-/// do.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A server's `wait` key (in `[servers.NAME]` of the daemon's configuration) sets the mode of
+/// its subscribers unless they choose one. This is the subscriber waiting for batches; it has
+/// nothing to do with `overflow = "block"`, where a producer waits for slow subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WaitMode {
-    /// Spin briefly, then yield the processor a few times, then sleep until woken: the
-    /// latency of spinning when data flows, no processor time when it does not.
-    #[default]
+    /// Spin for a short while, then sleep until woken: low latency while data flows,
+    /// little CPU when it does not.
     Adaptive,
-    /// Never sleep: poll the queue continuously. Lowest latency, one busy core per
-    /// waiting process; only for dedicated cores.
+    /// Never sleep: the lowest latency, for a whole CPU core per subscriber.
     Spin,
-    /// Sleep at once until woken: least processor time, a wake-up per burst.
+    /// Sleep until woken: the least CPU, for the latency of a wake-up.
     Park,
 }
 
 impl WaitMode {
-    /// The mode's name as the configuration and the command line spell it.
+    /// Every mode.
+    pub const ALL: [WaitMode; 3] = [WaitMode::Adaptive, WaitMode::Spin, WaitMode::Park];
+
+    /// The mode's name as written in the configuration: `adaptive`, `spin` or `park`.
     pub fn as_str(self) -> &'static str {
         match self {
             WaitMode::Adaptive => "adaptive",
@@ -41,16 +41,30 @@ impl fmt::Display for WaitMode {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_mode_names() {
+        for (mode, name) in WaitMode::ALL.into_iter().zip(["adaptive", "spin", "park"]) {
+            assert_eq!(mode.as_str(), name);
+            assert_eq!(mode.to_string(), name);
+            let json = format!("\"{name}\"");
+            assert_eq!(serde_json::to_string(&mode).expect("serialize"), json);
+            let back: WaitMode = serde_json::from_str(&json).expect("deserialize");
+            assert_eq!(back, mode);
+        }
+        assert!(serde_json::from_str::<WaitMode>("\"block\"").is_err());
+    }
+}
+
 impl FromStr for WaitMode {
     type Err = String;
     fn from_str(s: &str) -> Result<WaitMode, String> {
-        match s {
-            "adaptive" => Ok(WaitMode::Adaptive),
-            "spin" => Ok(WaitMode::Spin),
-            "park" => Ok(WaitMode::Park),
-            other => Err(format!(
-                "unknown wait mode {other:?} (adaptive, spin or park)"
-            )),
-        }
+        WaitMode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| format!("unknown wait mode {s:?} (adaptive, spin or park)"))
     }
 }

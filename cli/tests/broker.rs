@@ -266,6 +266,119 @@ fn check_reports_bad_configurations_with_their_line() {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// Runs `packet-ipcd --config PATH --check`, failing the test if it does not exit within
+/// ten seconds: (exit code, stdout, stderr).
+fn run_check(path: &std::path::Path) -> (Option<i32>, String, String) {
+    let mut child = std::process::Command::new(daemon_bin())
+        .arg("--config")
+        .arg(path)
+        .arg("--check")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("packet-ipcd --check {} hangs", path.display());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_reports_the_new_keys_and_integers_that_fit_no_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let check = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        run_check(&path)
+    };
+    let (code, out, err) = check(
+        "[metrics]\nlisten = \"127.0.0.1:9464\"\n\
+         [servers.a]\ngroup-balance = \"ip-pair\"\nwait = \"spin\"\n",
+    );
+    assert_eq!((code, out.trim()), (Some(0), "ok"), "{err}");
+    let bad = [
+        (
+            "[servers.a]\n\n[metrics]\nlisten = \"localhost\"\n",
+            4,
+            "metrics.listen",
+        ),
+        (
+            "[metrics]\nlisten = \"1.2.3.4:99999\"\n[servers.a]\n",
+            2,
+            "metrics.listen",
+        ),
+        ("[metrics]\nfoo = 1\n[servers.a]\n", 2, "metrics.foo"),
+        ("[servers.a]\nwait = \"block\"\n", 2, "servers.a.wait"),
+        (
+            "[servers.a]\ngroup-balance = \"rr\"\n",
+            2,
+            "servers.a.group-balance",
+        ),
+        (
+            "[servers.a]\n\nmax-batch-bytes = 99999999999999999999\n",
+            3,
+            "servers.a.max-batch-bytes",
+        ),
+        (
+            "[servers.a]\nmax-batch-bytes = 9223372036854775808\n",
+            2,
+            "servers.a.max-batch-bytes",
+        ),
+        (
+            "[servers.a]\nmax-batch-bytes = -1\n",
+            2,
+            "servers.a.max-batch-bytes",
+        ),
+    ];
+    for (text, line, key) in bad {
+        let (code, _, err) = check(text);
+        assert_eq!(code, Some(78), "{text}: {err}");
+        let expected = format!("{}: line {line}: {key}: ", path.display());
+        assert!(err.contains(&expected), "{text}: {err}");
+    }
+}
+
+#[test]
+fn check_refuses_what_is_not_a_regular_file_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (code, _, err) = run_check(&fifo);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains(&fifo.display().to_string()) && err.contains("FIFO"),
+        "{err}"
+    );
+
+    let (code, _, err) = run_check(std::path::Path::new("/dev/zero"));
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains("/dev/zero") && err.contains("character device"),
+        "{err}"
+    );
+
+    let big = dir.path().join("big.toml");
+    let mut text = String::from("[servers.a]\n");
+    while text.len() <= 1 << 20 {
+        text.push_str("# padding\n");
+    }
+    std::fs::write(&big, text).unwrap();
+    let (code, _, err) = run_check(&big);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("larger than"), "{err}");
+}
+
 #[test]
 fn a_missing_group_stops_the_daemon_at_start() {
     let dir = tempfile::tempdir().unwrap();
