@@ -6,6 +6,8 @@
 //!   [`SharedPacket`]).
 //! - [`batch`]: the batch wire format, written once and read in place (its byte layout is
 //!   documented there for C readers).
+//! - [`flow`]: a symmetric 32-bit flow hash per packet, for balancing flows over the
+//!   workers of a subscriber group.
 //! - `transport`: everything that knows ipc-channel: hand-packed frames, reused
 //!   shared-memory segments, the point-to-point link. Nothing outside it names an
 //!   ipc-channel type.
@@ -27,6 +29,7 @@ pub mod batch;
 pub mod broker;
 mod client;
 pub mod connect;
+pub mod flow;
 pub mod libpcap;
 pub mod options;
 pub mod packet;

@@ -8,6 +8,8 @@
 //!   each.
 //! - `pcap.rs`: reading pcap/pcapng captures and writing pcap.
 //! - `human.rs`: numbers for people (bytes, rates, durations).
+//! - [`traffic`]: synthetic Ethernet traffic (seeded) for the tests and benchmarks, and a
+//!   pcap writer for it.
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -26,6 +28,7 @@ mod publish;
 mod servers;
 mod stats;
 mod subscribe;
+pub mod traffic;
 
 /// packet-ipc: list servers, publish and subscribe to captures, stats and benchmarks.
 #[derive(Parser)]
