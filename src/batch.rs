@@ -511,6 +511,12 @@ impl<'a> BatchView<'a> {
         }
     }
 
+    /// The packets with the offsets of their records, in order.
+    pub fn iter_offsets(&self) -> impl Iterator<Item = (u32, PacketRef<'a>)> {
+        let mut records = self.iter();
+        std::iter::from_fn(move || records.next_with_offset())
+    }
+
     /// The index entry of packet `i`: its record's offset and its hash, if the batch has an
     /// index and `i` is a packet of it (the values are as the writer put them: check the
     /// offset with [`BatchView::record_at`]).
@@ -581,6 +587,19 @@ impl<'a> Records<'a> {
     /// a record boundary, with `left` records still to come.
     pub(crate) fn resume(bytes: &'a [u8], off: usize, left: u32) -> Records<'a> {
         Records { bytes, off, left }
+    }
+
+    /// The next packet and the offset of its record.
+    #[inline]
+    pub fn next_with_offset(&mut self) -> Option<(u32, PacketRef<'a>)> {
+        if self.left == 0 {
+            return None;
+        }
+        let at = self.off;
+        let (p, next) = read_record(self.bytes, at)?;
+        self.off = next;
+        self.left -= 1;
+        Some((at as u32, p))
     }
 
     /// The offset of the next record and the number of records left.

@@ -1,12 +1,22 @@
 //! How a producer or subscriber finds the daemon and gets in (client side).
+//!
+//! A client reads the rendezvous file (believing it only if its directory and owner say
+//! it is the daemon's, see [`crate::rendezvous`]), listens on a socket of its own in the
+//! spool directory of its server and role, drops a request naming it, and waits for the
+//! daemon — the one the rendezvous file names, checked by the kernel — to connect and
+//! welcome it (see `crate::transport::bootstrap`).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::options::WaitMode;
 use crate::rendezvous::{self, spool, Rendezvous, RendezvousError, ServerEntry};
-use crate::transport::broker::{
-    listen_in, Awaiting, BootstrapError, ProducerConn, SubscriberConn, WireInfo,
-};
+use crate::stats::{ServerStats, Stats};
+use crate::transport::bootstrap::{listen_in, Answer, BootstrapError, DaemonId};
+use crate::transport::sock::Conn;
+use crate::transport::wire::{Welcome, WireInfo};
 use crate::transport::TransportError;
 use crate::Error;
 
@@ -25,6 +35,18 @@ pub struct ConnectOptions {
     /// The rendezvous file; `None` finds it as the contract says
     /// (`$PACKET_IPC_RENDEZVOUS`, else the runtime directory's).
     pub rendezvous: Option<PathBuf>,
+    /// Subscribers: join this flow-balanced group (each member gets its share of the
+    /// flows) instead of receiving every packet.
+    pub group: Option<String>,
+    /// Subscribers: keep only the packets that match this tcpdump filter expression
+    /// (compiled with libpcap, loaded at run time, for the server's link type).
+    pub filter: Option<String>,
+    /// How to wait for the daemon (subscribers waiting for batches, producers for free
+    /// memory); `None` takes the server's `wait` setting.
+    pub wait: Option<WaitMode>,
+    /// When set and raised (by a signal handler, say), a blocking call returns
+    /// [`Error::Interrupted`] within a tenth of a second.
+    pub interrupt: Option<Arc<AtomicBool>>,
 }
 
 impl Default for ConnectOptions {
@@ -33,6 +55,10 @@ impl Default for ConnectOptions {
             reconnect_wait: DEFAULT_RECONNECT_WAIT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             rendezvous: None,
+            group: None,
+            filter: None,
+            wait: None,
+            interrupt: None,
         }
     }
 }
@@ -82,11 +108,16 @@ fn no_daemon(e: RendezvousError) -> Error {
     Error::NoDaemon(e.to_string())
 }
 
-/// The live counters of the running daemon: every server, or only `server`.
-pub fn stats(
-    options: &ConnectOptions,
-    server: Option<&str>,
-) -> Result<Vec<crate::stats::ServerStats>, Error> {
+fn daemon_of(r: &Rendezvous) -> DaemonId {
+    DaemonId {
+        uid: r.owner,
+        pid: r.pid,
+    }
+}
+
+/// The live counters of the running daemon: every server, or only `server`. Process ids
+/// are shown only for servers this user may use.
+pub fn stats(options: &ConnectOptions, server: Option<&str>) -> Result<Vec<ServerStats>, Error> {
     let r = Rendezvous::read(&options.rendezvous_path()).map_err(no_daemon)?;
     if let Some(name) = server {
         if r.server(name).is_none() {
@@ -96,25 +127,31 @@ pub fn stats(
             });
         }
     }
-    let awaiting = listen_in(&r.control)?;
-    let _request = match spool::submit(&r.control, awaiting.socket()) {
+    let awaiting = listen_in(&r.control, daemon_of(&r))?;
+    let _request = match spool::submit(&r.control, awaiting.socket_name(), None) {
         Ok(s) => s,
         Err(e) => return Err(Error::Spool(e.to_string())),
     };
     let t = options.connect_timeout;
-    let json = awaiting.stats(t).map_err(|e| match e {
-        BootstrapError::NoAnswer => Error::NoDaemon(format!(
-            "packet-ipcd (pid {}) did not answer a stats request within {t:?}",
-            r.pid
-        )),
-        e => bootstrap_error(server.unwrap_or("(all)"), t, e),
-    })?;
-    let mut all: Vec<crate::stats::ServerStats> = serde_json::from_str(&json)
+    let json = match awaiting.wait(t) {
+        Ok(Answer::Stats(json)) => json,
+        Ok(Answer::Welcome { .. }) => {
+            return Err(TransportError::Protocol("expected a stats answer".into()).into())
+        }
+        Err(BootstrapError::NoAnswer) => {
+            return Err(Error::NoDaemon(format!(
+                "packet-ipcd (pid {}) did not answer a stats request within {t:?}",
+                r.pid
+            )))
+        }
+        Err(e) => return Err(bootstrap_error(server.unwrap_or("(all)"), t, e)),
+    };
+    let mut all: Stats = serde_json::from_str(&json)
         .map_err(|e| TransportError::Protocol(format!("stats answer: {e}")))?;
     if let Some(name) = server {
-        all.retain(|s| s.name == name);
+        all.servers.retain(|s| s.name == name);
     }
-    Ok(all)
+    Ok(all.servers)
 }
 
 /// The role a client connects as.
@@ -139,43 +176,6 @@ impl Role {
     }
 }
 
-/// One attempt: rendezvous, spool request, welcome.
-fn attempt(
-    server: &str,
-    role: Role,
-    options: &ConnectOptions,
-) -> Result<(Awaiting, spool::Submitted, u32), Error> {
-    let r = Rendezvous::read(&options.rendezvous_path()).map_err(no_daemon)?;
-    let Some(entry) = r.server(server) else {
-        return Err(Error::UnknownServer {
-            name: server.to_owned(),
-            known: r.servers.iter().map(|s| s.name.clone()).collect(),
-        });
-    };
-    let (spool_dir, group) = role.spool(entry);
-    let denied = || Error::PermissionDenied {
-        server: server.to_owned(),
-        action: role.word(),
-        group: group.map(str::to_owned),
-        path: spool_dir.to_owned(),
-    };
-    let awaiting = match listen_in(spool_dir) {
-        Ok(a) => a,
-        Err(TransportError::Io { source, .. })
-            if source.kind() == std::io::ErrorKind::PermissionDenied =>
-        {
-            return Err(denied())
-        }
-        Err(e) => return Err(e.into()),
-    };
-    // The daemon deletes the request when it takes it; the guard removes it if not.
-    match spool::submit(spool_dir, awaiting.socket()) {
-        Ok(submitted) => Ok((awaiting, submitted, r.pid)),
-        Err(spool::SpoolError::PermissionDenied(_)) => Err(denied()),
-        Err(e) => Err(Error::Spool(e.to_string())),
-    }
-}
-
 fn bootstrap_error(server: &str, waited: Duration, e: BootstrapError) -> Error {
     match e {
         BootstrapError::NoAnswer => Error::NoAnswer {
@@ -190,41 +190,75 @@ fn bootstrap_error(server: &str, waited: Duration, e: BootstrapError) -> Error {
     }
 }
 
-/// A connection, and the pid of the daemon that made it.
-pub(crate) struct Connected<C> {
-    pub conn: C,
+/// A welcomed client: its connection and what came with it.
+pub(crate) struct Connected {
+    /// The connection.
+    pub conn: Conn,
+    /// The welcome.
+    pub welcome: Welcome,
+    /// The memory attached to it.
+    pub fds: Vec<std::os::fd::OwnedFd>,
+    /// The daemon that welcomed it.
     pub daemon_pid: u32,
 }
 
-/// Connects a producer once.
-pub(crate) fn producer_once(
+/// Connects once: rendezvous, spool request, welcome.
+pub(crate) fn connect_once(
     server: &str,
+    role: Role,
     options: &ConnectOptions,
-) -> Result<Connected<ProducerConn>, Error> {
-    let (awaiting, _request, daemon_pid) = attempt(server, Role::Producer, options)?;
+) -> Result<Connected, Error> {
+    let r = Rendezvous::read(&options.rendezvous_path()).map_err(no_daemon)?;
+    let Some(entry) = r.server(server) else {
+        return Err(Error::UnknownServer {
+            name: server.to_owned(),
+            known: r.servers.iter().map(|s| s.name.clone()).collect(),
+        });
+    };
+    let (spool_dir, group) = role.spool(entry);
+    let denied = || Error::PermissionDenied {
+        server: server.to_owned(),
+        action: role.word(),
+        group: group.map(str::to_owned),
+        path: spool_dir.to_owned(),
+    };
+    let awaiting = match listen_in(spool_dir, daemon_of(&r)) {
+        Ok(a) => a,
+        Err(TransportError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            return Err(denied())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let join = match role {
+        Role::Subscriber => options.group.as_deref(),
+        Role::Producer => None,
+    };
+    // The daemon deletes the request when it takes it; the guard removes it if not.
+    let _request = match spool::submit(spool_dir, awaiting.socket_name(), join) {
+        Ok(submitted) => submitted,
+        Err(spool::SpoolError::PermissionDenied(_)) => return Err(denied()),
+        Err(e) => return Err(Error::Spool(e.to_string())),
+    };
     let t = options.connect_timeout;
-    let conn = awaiting
-        .producer(t)
-        .map_err(|e| bootstrap_error(server, t, e))?;
-    Ok(Connected { conn, daemon_pid })
-}
-
-/// Connects a subscriber once.
-pub(crate) fn subscriber_once(
-    server: &str,
-    options: &ConnectOptions,
-) -> Result<Connected<SubscriberConn>, Error> {
-    let (awaiting, _request, daemon_pid) = attempt(server, Role::Subscriber, options)?;
-    let t = options.connect_timeout;
-    let conn = awaiting
-        .subscriber(t)
-        .map_err(|e| bootstrap_error(server, t, e))?;
-    Ok(Connected { conn, daemon_pid })
+    match awaiting.wait(t) {
+        Ok(Answer::Welcome { conn, welcome, fds }) => Ok(Connected {
+            conn,
+            welcome,
+            fds,
+            daemon_pid: r.pid,
+        }),
+        Ok(Answer::Stats(_)) => {
+            Err(TransportError::Protocol("expected a welcome".into()).into())
+        }
+        Err(e) => Err(bootstrap_error(server, t, e)),
+    }
 }
 
 /// Retries `connect` until a daemon lets us in, the server turns out to be gone, or
-/// `options.reconnect_wait` has passed since `since`. `stopped_pid` is the daemon that
-/// said it was stopping: while its rendezvous file is still there, it is not asked.
+/// `options.reconnect_wait` has passed since now. `stopped_pid` is the daemon that said it
+/// was stopping: while its rendezvous file is still there, it is not asked.
 pub(crate) fn reconnect<C>(
     server: &str,
     options: &ConnectOptions,
@@ -235,6 +269,13 @@ pub(crate) fn reconnect<C>(
     let mut pause = Duration::from_millis(20);
     let mut attempt_options = options.clone();
     loop {
+        if options
+            .interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            return Err(Error::Interrupted);
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         let path = options.rendezvous_path();
         let old = stopped_pid.is_some()
@@ -252,7 +293,11 @@ pub(crate) fn reconnect<C>(
         if Instant::now() >= deadline {
             return Ok(None);
         }
-        std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+        std::thread::sleep(
+            pause
+                .min(Duration::from_millis(100))
+                .min(deadline.saturating_duration_since(Instant::now())),
+        );
         pause = (pause * 2).min(Duration::from_millis(500));
     }
 }

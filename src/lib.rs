@@ -45,12 +45,15 @@ mod transport;
 
 pub use client::{Client, ClientOptions, DEFAULT_CONNECT_TIMEOUT};
 pub use connect::{list_servers, stats, ConnectOptions, ServerInfo};
+pub use options::WaitMode;
 pub use packet::{AsIpcPacket, Packet, PacketRef, SharedPacket};
-pub use producer::Producer;
+pub use producer::{Producer, ProducerReport};
 pub use server::{ConnectedIpc, Server, ServerOptions};
 pub use stream::TransferIpc;
-pub use subscriber::{Batch, Received, Subscriber};
-pub use transport::{FrameError, SegmentError, TransportError, DEFAULT_INLINE_THRESHOLD};
+pub use subscriber::{Batch, BatchIter, Received, Subscriber};
+pub use transport::{
+    FrameError, RingError, SegmentError, TransportError, WireError, DEFAULT_INLINE_THRESHOLD,
+};
 
 /// Every error of the crate.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +141,12 @@ pub enum Error {
     /// A request could not be written to the daemon's spool directory.
     #[error("cannot reach the daemon: {0}")]
     Spool(String),
+    /// A subscriber's filter expression could not be compiled (or libpcap is missing).
+    #[error(transparent)]
+    Filter(#[from] libpcap::FilterError),
+    /// A blocking call was interrupted through [`ConnectOptions::interrupt`].
+    #[error("interrupted")]
+    Interrupted,
 }
 
 /// The crate's result type.

@@ -59,6 +59,12 @@ mod tests {
     }
 }
 
+impl Default for WaitMode {
+    fn default() -> Self {
+        WaitMode::Adaptive
+    }
+}
+
 impl FromStr for WaitMode {
     type Err = String;
     fn from_str(s: &str) -> Result<WaitMode, String> {

@@ -214,6 +214,7 @@ fn connection_failures_name_what_is_wrong() {
             producer_group: None,
             subscriber_group: None,
         }],
+        owner: 0,
     }
     .write(&path)
     .unwrap();

@@ -470,15 +470,7 @@ fn hostile_raw(server: &str) -> AnyResult {
                 .filter(|&&fd| write_attack(fd, &attack))
                 .count();
             let reason = if let Some(p) = producer.as_mut() {
-                let deadline = Instant::now() + wait;
-                loop {
-                    match p.cut_off() {
-                        Ok(Some(why)) => break Some(why),
-                        Err(e) => break Some(e.to_string()),
-                        Ok(None) if Instant::now() > deadline => break None,
-                        Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                    }
-                }
+                p.cut_off(wait).unwrap_or_else(|e| Some(e.to_string()))
             } else if let Some(s) = subscriber.as_mut() {
                 s.cut_off(wait).unwrap_or_else(|e| Some(e.to_string()))
             } else {

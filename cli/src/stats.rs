@@ -61,7 +61,7 @@ pub fn run(args: StatsArgs) -> Outcome {
                 [
                     s.name.clone(),
                     sub.id.to_string(),
-                    sub.pid.to_string(),
+                    sub.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
                     sub.batches_out.to_string(),
                     sub.packets_out.to_string(),
                     sub.lost_batches.to_string(),

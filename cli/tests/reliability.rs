@@ -199,7 +199,7 @@ fn a_stopped_subscriber_loses_an_exact_count_and_the_others_nothing() {
     let stalled_stats = stats[0]
         .subscribers
         .iter()
-        .find(|s| s.pid == stalled.id())
+        .find(|s| s.pid == Some(stalled.id()))
         .cloned()
         .unwrap();
     // Stopped, it holds its credit window and its queue; everything else was dropped.
@@ -364,7 +364,7 @@ fn a_soak_with_churning_clients_balances_every_counter() {
     let slow = stats[0]
         .subscribers
         .iter()
-        .find(|s| s.pid == slow_pid)
+        .find(|s| s.pid == Some(slow_pid))
         .unwrap();
     assert!(
         slow.lost_batches > 0,
@@ -375,7 +375,7 @@ fn a_soak_with_churning_clients_balances_every_counter() {
         let counters = stats[0]
             .subscribers
             .iter()
-            .find(|s| s.pid == pid)
+            .find(|s| s.pid == Some(pid))
             .cloned()
             .unwrap();
         let out = summary(&wait_output(sub, DEADLINE));

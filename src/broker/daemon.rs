@@ -7,10 +7,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -20,10 +21,12 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use super::config::{self, Config, ServerConfig, Source};
+use super::hub::board::{Board, Viewer};
 use super::hub::{self, ClientInfo, Command, HubHandle};
+use crate::rendezvous::fsafe::{self, Dir};
 use crate::rendezvous::{self, spool, Rendezvous, ServerEntry, RENDEZVOUS_VERSION};
-use crate::stats::ServerStats;
-use crate::transport::broker::connect_pending;
+use crate::stats::Stats;
+use crate::transport::bootstrap::{connect_client, send_stats};
 
 /// What the daemon can be told while it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,10 +90,11 @@ fn io_err<'a>(
 
 /// The longest Unix socket path (sun_path less its terminating zero).
 const MAX_SOCKET_PATH: usize = 107;
-/// What ipc-channel adds to a spool directory: `/.tmpXXXXXX/socket`.
-const ONESHOT_SUFFIX: usize = "/.tmpXXXXXX/socket".len();
-/// How long connecting to a client's socket may take before it is given up.
-const CONNECT_LIMIT: Duration = Duration::from_secs(2);
+/// The longest name a client gives its socket in a spool directory, with its slash:
+/// `/<pid, hex>-<counter, hex>.sock`.
+const CLIENT_SOCKET_SUFFIX: usize = "/ffffffff-ffffffffffffffff.sock".len();
+/// Requests of one user not done yet (not welcomed, or not yet ready), at most.
+const PENDING_PER_UID: usize = 32;
 /// How often the spool directories are swept of what dead clients left.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// How often the daemon checks that every hub thread is alive.
@@ -150,7 +154,7 @@ fn check_fits(config: &Config, runtime: &Path) -> Result<(), DaemonError> {
     }
     for name in config.servers.keys() {
         let p = server_paths(runtime, name);
-        let longest = p.subscribers.as_os_str().len() + ONESHOT_SUFFIX;
+        let longest = p.subscribers.as_os_str().len() + CLIENT_SOCKET_SUFFIX;
         if longest > MAX_SOCKET_PATH {
             return Err(DaemonError::Setup(format!(
                 "runtime directory {} with server name {name:?} makes socket paths of {longest} \
@@ -163,23 +167,20 @@ fn check_fits(config: &Config, runtime: &Path) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Takes the runtime directory's lock, or says who holds it.
-fn lock(runtime: &Path) -> Result<File, DaemonError> {
+/// Takes the runtime directory's lock, or says who holds it. The lock file is opened
+/// without following a link: a planted link cannot make the daemon write elsewhere.
+fn lock(runtime: &Dir, path: &Path) -> Result<File, DaemonError> {
     use std::io::{Read, Seek, Write};
-    let path = runtime.join("packet-ipcd.lock");
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io_err("opening the lock", &path))?;
+    let lock_path = path.join("packet-ipcd.lock");
+    let mut file = runtime
+        .open_file("packet-ipcd.lock", 0o644)
+        .map_err(io_err("opening the lock", &lock_path))?;
     if file.try_lock().is_err() {
         let mut pid = String::new();
-        let _ = file.read_to_string(&mut pid);
+        let _ = (&mut file).take(32).read_to_string(&mut pid);
         let pid = pid.trim();
         return Err(DaemonError::AlreadyRunning {
-            dir: runtime.to_owned(),
+            dir: path.to_owned(),
             pid: if pid.is_empty() {
                 String::new()
             } else {
@@ -187,23 +188,50 @@ fn lock(runtime: &Path) -> Result<File, DaemonError> {
             },
         });
     }
-    file.set_len(0).map_err(io_err("writing the lock", &path))?;
-    file.rewind().map_err(io_err("writing the lock", &path))?;
-    writeln!(file, "{}", std::process::id()).map_err(io_err("writing the lock", &path))?;
+    file.set_len(0)
+        .map_err(io_err("writing the lock", &lock_path))?;
+    file.rewind()
+        .map_err(io_err("writing the lock", &lock_path))?;
+    writeln!(file, "{}", std::process::id()).map_err(io_err("writing the lock", &lock_path))?;
     Ok(file)
 }
 
-/// Creates the runtime directory, writable by its owner only.
-fn prepare_runtime(runtime: &Path) -> Result<(), DaemonError> {
-    std::fs::create_dir_all(runtime).map_err(io_err("creating", runtime))?;
-    std::fs::set_permissions(runtime, std::fs::Permissions::from_mode(0o755))
-        .map_err(io_err("setting the mode of", runtime))?;
-    let srv = runtime.join("srv");
-    std::fs::create_dir_all(&srv).map_err(io_err("creating", &srv))?;
-    std::fs::set_permissions(&srv, std::fs::Permissions::from_mode(0o755))
-        .map_err(io_err("setting the mode of", &srv))?;
-    // Anyone may ask for the counters.
-    spool::prepare(&runtime.join("ctl"), None).map_err(|e| DaemonError::Setup(e.to_string()))
+/// Creates the runtime directory if needed and opens it. A directory that exists must be
+/// this user's and writable by nobody else: the daemon never works in a directory another
+/// user prepared (and could have filled with links).
+fn prepare_runtime(runtime: &Path) -> Result<Dir, DaemonError> {
+    if fsafe::lstat(runtime).is_err() {
+        std::fs::create_dir_all(runtime).map_err(io_err("creating", runtime))?;
+        std::fs::set_permissions(runtime, std::fs::Permissions::from_mode(0o755))
+            .map_err(io_err("setting the mode of", runtime))?;
+    }
+    let dir = Dir::open(runtime).map_err(|e| {
+        DaemonError::Setup(format!(
+            "runtime directory {}: {e} (it must be a directory, not a link)",
+            runtime.display()
+        ))
+    })?;
+    let meta = dir.meta().map_err(io_err("checking", runtime))?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid != me {
+        return Err(DaemonError::Setup(format!(
+            "runtime directory {} belongs to uid {}, not to this daemon's user (uid {me}); \
+             refusing to use a directory another user made",
+            runtime.display(),
+            meta.uid
+        )));
+    }
+    if meta.group_write() || meta.others_write() {
+        // SAFETY: fchmod on our own directory descriptor.
+        let rc = unsafe { libc::fchmod(dir.as_fd().as_raw_fd(), 0o755) };
+        if rc != 0 {
+            return Err(io_err("setting the mode of", runtime)(
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    Ok(dir)
 }
 
 /// Which spool directory an inotify watch is on.
@@ -212,7 +240,8 @@ struct Watched {
     /// The server, or `None` for the control directory.
     server: Option<String>,
     producer: bool,
-    dir: PathBuf,
+    path: PathBuf,
+    dir: Arc<Dir>,
 }
 
 /// A running server: its hub and its spool watches.
@@ -220,19 +249,66 @@ struct Running {
     config: ServerConfig,
     hub: HubHandle,
     watches: Vec<WatchDescriptor>,
+    spools: [Arc<Dir>; 2],
 }
+
+/// The per-user bound on requests that are not done yet (not welcomed, or welcomed and
+/// not yet ready): a user who floods the spool with requests for sockets that never
+/// answer holds a few slots, and delays nobody else.
+#[derive(Default)]
+struct Pending {
+    by_uid: Mutex<HashMap<u32, usize>>,
+}
+
+/// One slot of [`Pending`], released when dropped.
+struct PendingSlot {
+    pending: Arc<Pending>,
+    uid: u32,
+}
+
+impl Pending {
+    fn take(self: &Arc<Self>, uid: u32) -> Option<PendingSlot> {
+        let mut by_uid = self.by_uid.lock().unwrap_or_else(|e| e.into_inner());
+        let n = by_uid.entry(uid).or_default();
+        if *n >= PENDING_PER_UID {
+            return None;
+        }
+        *n += 1;
+        Some(PendingSlot {
+            pending: Arc::clone(self),
+            uid,
+        })
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut by_uid = self.pending.by_uid.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = by_uid.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                by_uid.remove(&self.uid);
+            }
+        }
+    }
+}
+
+impl hub::PendingToken for PendingSlot {}
 
 /// The daemon's state, owned by its one lifecycle task.
 struct Daemon {
     source: Source,
     config: Config,
     runtime: PathBuf,
+    runtime_dir: Dir,
+    srv: Dir,
     rendezvous: PathBuf,
     generation: u64,
     servers: BTreeMap<String, Running>,
     watched: HashMap<WatchDescriptor, Watched>,
     ids: Arc<AtomicU64>,
     epoch: Instant,
+    pending: Arc<Pending>,
 }
 
 fn notify(states: &[NotifyState]) {
@@ -241,10 +317,42 @@ fn notify(states: &[NotifyState]) {
     }
 }
 
+/// The counters of every server, as `viewer` may see them (JSON for `packet-ipc stats`).
+fn stats_json(boards: &[Arc<Board>], viewer: &Viewer) -> String {
+    let stats = Stats {
+        servers: boards.iter().map(|b| b.snapshot(viewer)).collect(),
+    };
+    serde_json::to_string(&stats).unwrap_or_else(|_| r#"{"servers":[]}"#.into())
+}
+
+/// Who `uid` is, for the stats: root and the daemon's own user see everything; others see
+/// the process ids of the servers whose groups they are in.
+fn viewer(uid: u32) -> Viewer {
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if uid == 0 || uid == me {
+        return Viewer {
+            all: true,
+            gids: Vec::new(),
+        };
+    }
+    let gids = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .and_then(|u| {
+            let name = std::ffi::CString::new(u.name).ok()?;
+            nix::unistd::getgrouplist(&name, u.gid).ok()
+        })
+        .map(|gs| gs.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_default();
+    Viewer { all: false, gids }
+}
+
 /// Runs the daemon until it is told to shut down.
 ///
 /// Everything up to READY=1 is startup: an error there ends `run` with the error (the
-/// binary maps it to an exit status). After that, nothing a client does ends it.
+/// binary maps it to an exit status), and removes what the start created. After that,
+/// nothing a client does ends it.
 pub async fn run(
     source: Source,
     config: Config,
@@ -252,8 +360,11 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let runtime = rendezvous::daemon_runtime_dir(config.daemon.runtime_dir.as_deref());
     check_fits(&config, &runtime)?;
-    prepare_runtime(&runtime)?;
-    let _lock = lock(&runtime)?;
+    let runtime_dir = prepare_runtime(&runtime)?;
+    let _lock = lock(&runtime_dir, &runtime)?;
+    let srv = runtime_dir
+        .subdir("srv", 0o755, None)
+        .map_err(io_err("creating", &runtime.join("srv")))?;
     let rendezvous_path = rendezvous::rendezvous_path(&runtime);
 
     let inotify = Inotify::init().map_err(io_err("starting inotify for", &runtime))?;
@@ -264,34 +375,21 @@ pub async fn run(
         source,
         config: config.clone(),
         runtime: runtime.clone(),
+        runtime_dir,
+        srv,
         rendezvous: rendezvous_path,
         generation: 0,
         servers: BTreeMap::new(),
         watched: HashMap::new(),
         ids: Arc::new(AtomicU64::new(1)),
         epoch: Instant::now(),
+        pending: Arc::new(Pending::default()),
     };
     daemon.remove_strays(&config);
-    let ctl = runtime.join("ctl");
-    spool::sweep(&ctl);
-    let wd = events
-        .watches()
-        .add(&ctl, WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE)
-        .map_err(io_err("watching", &ctl))?;
-    daemon.watched.insert(
-        wd,
-        Watched {
-            server: None,
-            producer: false,
-            dir: ctl,
-        },
-    );
-    for (name, server) in &config.servers {
-        daemon.start_server(&mut events, name, server)?;
-    }
-    daemon.write_rendezvous()?;
-    for name in daemon.servers.keys().cloned().collect::<Vec<_>>() {
-        daemon.scan(&name);
+    let started = daemon.start(&mut events, &config);
+    if let Err(e) = started {
+        daemon.clean_up();
+        return Err(e);
     }
     info!(
         runtime_dir = %runtime.display(),
@@ -329,32 +427,62 @@ pub async fn run(
     Ok(())
 }
 
-/// Asks every hub for its counters (blocking: run off the lifecycle task).
-fn collect_stats(hubs: &[hub::HubSender]) -> Vec<ServerStats> {
-    let replies: Vec<_> = hubs
-        .iter()
-        .filter_map(|h| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            h.send(Command::Stats(tx)).then_some(rx)
-        })
-        .collect();
-    replies
-        .into_iter()
-        .filter_map(|rx| rx.recv_timeout(Duration::from_secs(1)).ok())
-        .collect()
-}
-
 impl Daemon {
+    /// The control directory, the servers, the rendezvous file, and requests already
+    /// waiting.
+    fn start(
+        &mut self,
+        events: &mut inotify::EventStream<[u8; 8192]>,
+        config: &Config,
+    ) -> Result<(), DaemonError> {
+        let ctl_path = self.runtime.join("ctl");
+        // Anyone may ask for the counters (who sees which pids is decided per request).
+        let ctl = spool::prepare(&self.runtime_dir, "ctl", None)
+            .map_err(io_err("creating", &ctl_path))?;
+        spool::sweep(&ctl);
+        let wd = events
+            .watches()
+            .add(&ctl_path, WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE)
+            .map_err(io_err("watching", &ctl_path))?;
+        self.watched.insert(
+            wd,
+            Watched {
+                server: None,
+                producer: false,
+                path: ctl_path,
+                dir: Arc::new(ctl),
+            },
+        );
+        for (name, server) in &config.servers {
+            self.start_server(events, name, server)?;
+        }
+        self.write_rendezvous()?;
+        self.scan_all();
+        Ok(())
+    }
+
+    /// Removes what a failed start created (the servers' spool directories), so that a
+    /// daemon that could not start leaves nothing behind.
+    fn clean_up(&mut self) {
+        for (name, running) in std::mem::take(&mut self.servers) {
+            running.hub.send(Command::Stop {
+                removed: true,
+                deadline: Instant::now(),
+            });
+            running.hub.join();
+            let _ = self.srv.remove_tree(&name);
+        }
+        for name in self.srv.entries().unwrap_or_default() {
+            let _ = self.srv.remove_tree(&name);
+        }
+    }
+
     /// Removes spool directories of servers that are not configured (left by an earlier
     /// run with another configuration).
     fn remove_strays(&self, config: &Config) {
-        let Ok(entries) = std::fs::read_dir(self.runtime.join("srv")) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
+        for name in self.srv.entries().unwrap_or_default() {
             if !config.servers.contains_key(&name) {
-                let _ = std::fs::remove_dir_all(entry.path());
+                let _ = self.srv.remove_tree(&name);
             }
         }
     }
@@ -366,19 +494,17 @@ impl Daemon {
         server: &ServerConfig,
     ) -> Result<(), DaemonError> {
         let paths = server_paths(&self.runtime, name);
-        let setup = |e: spool::SpoolError| DaemonError::Setup(format!("server {name}: {e}"));
+        let setup = |e: std::io::Error| DaemonError::Setup(format!("server {name}: {e}"));
         // Every user must be able to reach the spool directories (their own modes decide
         // who may write), whatever the umask (systemd's UMask=0007 would say 0770).
-        let base = self.runtime.join("srv").join(name);
-        std::fs::create_dir_all(&base).map_err(io_err("creating", &base))?;
-        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755))
-            .map_err(io_err("setting the mode of", &base))?;
+        let base = self.srv.subdir(name, 0o755, None).map_err(setup)?;
         let gid = |g: &Option<String>| g.as_deref().and_then(config::group_id);
-        spool::prepare(&paths.producers, gid(&server.producer_group)).map_err(setup)?;
-        spool::prepare(&paths.subscribers, gid(&server.subscriber_group)).map_err(setup)?;
-        for dir in [&paths.producers, &paths.subscribers] {
-            spool::sweep(dir);
-        }
+        let producers =
+            Arc::new(spool::prepare(&base, "pub", gid(&server.producer_group)).map_err(setup)?);
+        let subscribers =
+            Arc::new(spool::prepare(&base, "sub", gid(&server.subscriber_group)).map_err(setup)?);
+        spool::sweep(&producers);
+        spool::sweep(&subscribers);
         let hub = hub::spawn(
             name.to_owned(),
             server.clone(),
@@ -387,17 +513,36 @@ impl Daemon {
         )
         .map_err(|e| DaemonError::Setup(format!("server {name}: {e}")))?;
         let mut watches = Vec::new();
-        for (dir, producer) in [(&paths.producers, true), (&paths.subscribers, false)] {
-            let wd = events
+        for (path, dir, producer) in [
+            (&paths.producers, &producers, true),
+            (&paths.subscribers, &subscribers, false),
+        ] {
+            let wd = match events
                 .watches()
-                .add(dir, WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE)
-                .map_err(io_err("watching", dir))?;
+                .add(path, WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE)
+            {
+                Ok(wd) => wd,
+                Err(e) => {
+                    for wd in watches {
+                        self.watched.remove(&wd);
+                        let _ = events.watches().remove(wd);
+                    }
+                    hub.send(Command::Stop {
+                        removed: true,
+                        deadline: Instant::now(),
+                    });
+                    hub.join();
+                    let _ = self.srv.remove_tree(name);
+                    return Err(io_err("watching", path)(e));
+                }
+            };
             self.watched.insert(
                 wd.clone(),
                 Watched {
                     server: Some(name.to_owned()),
                     producer,
-                    dir: dir.clone(),
+                    path: path.clone(),
+                    dir: Arc::clone(dir),
                 },
             );
             watches.push(wd);
@@ -409,36 +554,37 @@ impl Daemon {
                 config: server.clone(),
                 hub,
                 watches,
+                spools: [producers, subscribers],
             },
         );
         Ok(())
     }
 
-    /// Handles requests already waiting in a server's spool directories.
-    fn scan(&self, name: &str) {
-        let paths = server_paths(&self.runtime, name);
-        for (dir, producer) in [(&paths.producers, true), (&paths.subscribers, false)] {
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let file = entry.file_name().to_string_lossy().into_owned();
+    /// Handles requests already waiting in every spool directory.
+    fn scan_all(&self) {
+        let watched: Vec<Watched> = self.watched.values().cloned().collect();
+        for w in watched {
+            for file in w.dir.entries().unwrap_or_default() {
                 if file.ends_with(spool::REQUEST_EXT) && !file.starts_with('.') {
-                    self.request(name, producer, dir, &file);
+                    self.dispatch(&w, &file);
                 }
             }
         }
     }
 
-    fn scan_control(&self) {
-        let ctl = self.runtime.join("ctl");
-        let Ok(entries) = std::fs::read_dir(&ctl) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let file = entry.file_name().to_string_lossy().into_owned();
-            if file.ends_with(spool::REQUEST_EXT) && !file.starts_with('.') {
-                self.control_request(&ctl, &file);
+    /// Handles requests already waiting in one server's spool directories.
+    fn scan(&self, name: &str) {
+        let watched: Vec<Watched> = self
+            .watched
+            .values()
+            .filter(|w| w.server.as_deref() == Some(name))
+            .cloned()
+            .collect();
+        for w in watched {
+            for file in w.dir.entries().unwrap_or_default() {
+                if file.ends_with(spool::REQUEST_EXT) && !file.starts_with('.') {
+                    self.dispatch(&w, &file);
+                }
             }
         }
     }
@@ -446,13 +592,10 @@ impl Daemon {
     fn on_event(&mut self, wd: &WatchDescriptor, mask: EventMask, name: Option<&std::ffi::OsStr>) {
         if mask.contains(EventMask::Q_OVERFLOW) {
             warn!("spool events overflowed; rescanning");
-            for server in self.servers.keys() {
-                self.scan(server);
-            }
-            self.scan_control();
+            self.scan_all();
             return;
         }
-        let Some(w) = self.watched.get(wd) else {
+        let Some(w) = self.watched.get(wd).cloned() else {
             return;
         };
         let Some(file) = name.map(|n| n.to_string_lossy().into_owned()) else {
@@ -461,83 +604,86 @@ impl Daemon {
         if file.starts_with('.') || !file.ends_with(spool::REQUEST_EXT) {
             return;
         }
+        self.dispatch(&w, &file);
+    }
+
+    fn dispatch(&self, w: &Watched, file: &str) {
         match &w.server {
-            Some(server) => self.request(server, w.producer, &w.dir, &file),
-            None => self.control_request(&w.dir, &file),
+            Some(server) => self.request(server, w.producer, w, file),
+            None => self.control_request(w, file),
         }
     }
 
-    /// Answers a control request (the counters of every server).
-    fn control_request(&self, dir: &Path, file: &str) {
-        let request = match spool::take_request(dir, file) {
+    /// Takes a request file: checked, removed, and a slot of its user's pending bound.
+    fn take(&self, w: &Watched, file: &str) -> Option<(spool::Request, PendingSlot)> {
+        let request = match spool::take_request(&w.dir, &w.path, file) {
             Ok(r) => r,
+            Err(e) if e.is_gone() => return None, // a rescan and an event for one file
             Err(e) => {
-                debug!(error = %e, "ignoring a control request");
+                warn!(server = ?w.server, error = %e, "refusing a request");
+                return None;
+            }
+        };
+        let Some(slot) = self.pending.take(request.uid) else {
+            warn!(
+                server = ?w.server,
+                uid = request.uid,
+                pid = request.pid,
+                "refusing a request: too many of this user's requests are not done yet"
+            );
+            return None;
+        };
+        Some((request, slot))
+    }
+
+    /// Answers a control request (the counters of every server) at once: the answer is
+    /// read from counters the hubs keep, without asking them.
+    fn control_request(&self, w: &Watched, file: &str) {
+        let Some((request, _slot)) = self.take(w, file) else {
+            return;
+        };
+        let conn = match connect_client(&request.socket, request.uid) {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                debug!(error = %e, "stats requester not reachable");
                 return;
             }
         };
-        let hubs: Vec<_> = self.servers.values().map(|r| r.hub.sender()).collect();
-        tokio::spawn(async move {
-            let answer = tokio::task::spawn_blocking(move || {
-                let stats = collect_stats(&hubs);
-                let json = serde_json::to_string(&stats).unwrap_or_else(|_| "[]".into());
-                connect_pending(&request.socket).and_then(|p| p.send_stats(json))
-            });
-            match tokio::time::timeout(CONNECT_LIMIT * 2, answer).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => debug!(error = %e, "stats requester gone"),
-                Ok(Err(e)) => warn!(error = %e, "stats task failed"),
-                Err(_) => warn!("stats requester does not accept; ignored"),
-            }
-        });
+        let boards: Vec<Arc<Board>> = self
+            .servers
+            .values()
+            .map(|r| Arc::clone(&r.hub.board))
+            .collect();
+        let json = stats_json(&boards, &viewer(request.uid));
+        if let Err(e) = send_stats(&conn, &json) {
+            debug!(error = %e, "stats requester gone");
+        }
     }
 
-    /// Takes a request and, off this task, connects to the client and hands it to the hub.
-    fn request(&self, server: &str, producer: bool, dir: &Path, file: &str) {
-        let request = match spool::take_request(dir, file) {
-            Ok(r) => r,
-            Err(spool::SpoolError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                return; // taken already (a rescan and an event for the same file)
-            }
-            Err(e) => {
-                warn!(server, error = %e, "refusing a request");
-                return;
-            }
+    /// Takes a request, connects to the client (never waiting) and hands it to the hub.
+    fn request(&self, server: &str, producer: bool, w: &Watched, file: &str) {
+        let Some((request, slot)) = self.take(w, file) else {
+            return;
         };
         let Some(running) = self.servers.get(server) else {
             return;
         };
-        let commands = running.hub.sender();
-        let server = server.to_owned();
-        tokio::spawn(async move {
-            let socket = request.socket.clone();
-            let connect = tokio::task::spawn_blocking(move || connect_pending(&socket));
-            let pending = match tokio::time::timeout(CONNECT_LIMIT, connect).await {
-                Ok(Ok(Ok(p))) => p,
-                Ok(Ok(Err(e))) => {
-                    debug!(server = %server, pid = request.pid, error = %e, "client gone before welcome");
-                    return;
-                }
-                Ok(Err(e)) => {
-                    warn!(server = %server, error = %e, "connect task failed");
-                    return;
-                }
-                Err(_) => {
-                    warn!(server = %server, pid = request.pid, "client socket does not accept; ignored");
-                    return;
-                }
-            };
-            let who = ClientInfo {
-                pid: request.pid,
-                uid: request.uid,
-            };
-            commands.send(if producer {
-                Command::AddProducer(pending, who)
-            } else {
-                Command::AddSubscriber(pending, who)
-            });
+        let (conn, peer) = match connect_client(&request.socket, request.uid) {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(server, pid = request.pid, error = %e, "client not reachable");
+                return;
+            }
+        };
+        let who = ClientInfo {
+            pid: peer.pid,
+            uid: peer.uid,
+            pending: Box::new(slot),
+        };
+        running.hub.send(if producer {
+            Command::AddProducer(conn, who)
+        } else {
+            Command::AddSubscriber(conn, who, request.group)
         });
     }
 
@@ -567,6 +713,7 @@ impl Daemon {
             runtime_dir: self.runtime.clone(),
             control: self.runtime.join("ctl"),
             servers,
+            owner: 0,
         };
         r.write(&self.rendezvous)
             .map_err(io_err("writing the rendezvous file", &self.rendezvous))
@@ -584,7 +731,7 @@ impl Daemon {
             removed: true,
             deadline: Instant::now(),
         });
-        let _ = std::fs::remove_dir_all(self.runtime.join("srv").join(name));
+        let _ = self.srv.remove_tree(name);
         tokio::task::spawn_blocking(move || running.hub.join());
         info!(server = name, "server removed");
     }
@@ -630,15 +777,14 @@ impl Daemon {
                     if c.linktype == running.config.linktype
                         && c.snaplen == running.config.snaplen =>
                 {
-                    running.hub.send(Command::Reconfigure(c.clone()));
-                    let paths = server_paths(&self.runtime, &name);
+                    running.hub.send(Command::Reconfigure(Box::new(c.clone())));
                     let gid = |g: &Option<String>| g.as_deref().and_then(config::group_id);
-                    for (dir, group) in [
-                        (&paths.producers, &c.producer_group),
-                        (&paths.subscribers, &c.subscriber_group),
-                    ] {
-                        if let Err(e) = spool::prepare(dir, gid(group)) {
-                            warn!(server = %name, error = %e, "cannot update a spool directory");
+                    if let Ok(base) = Dir::open(&self.runtime.join("srv").join(&name)) {
+                        for (dir, group) in [("pub", &c.producer_group), ("sub", &c.subscriber_group)]
+                        {
+                            if let Err(e) = spool::prepare(&base, dir, gid(group)) {
+                                warn!(server = %name, error = %e, "cannot update a spool directory");
+                            }
                         }
                     }
                     keep.insert(
@@ -674,7 +820,7 @@ impl Daemon {
         notify(&[NotifyState::Ready]);
     }
 
-    /// Starts again every server whose hub thread died (a panic below it): its clients see
+    /// Starts again every server whose hub thread died (a bug below it): its clients see
     /// their connection end and reconnect, told they may have missed packets.
     fn restart_dead_hubs(&mut self, events: &mut inotify::EventStream<[u8; 8192]>) {
         let dead: Vec<String> = self
@@ -716,13 +862,21 @@ impl Daemon {
     }
 
     fn sweep(&self) {
-        for name in self.servers.keys() {
-            let p = server_paths(&self.runtime, name);
-            let n = spool::sweep(&p.producers) + spool::sweep(&p.subscribers);
+        for (name, running) in &self.servers {
+            let n: usize = running.spools.iter().map(|d| spool::sweep(d)).sum();
             if n > 0 {
                 debug!(server = %name, removed = n, "swept spool leftovers");
             }
         }
+    }
+
+    /// The counters of every server (for the metrics endpoint).
+    #[allow(dead_code)]
+    fn boards(&self) -> Vec<Arc<Board>> {
+        self.servers
+            .values()
+            .map(|r| Arc::clone(&r.hub.board))
+            .collect()
     }
 
     async fn shutdown(mut self) {
@@ -745,6 +899,7 @@ impl Daemon {
         if let Err(e) = std::fs::remove_file(&self.rendezvous) {
             warn!(error = %e, "cannot remove the rendezvous file");
         }
+        let _ = &self.runtime_dir;
         info!("packet-ipcd stopped");
     }
 }

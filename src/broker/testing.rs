@@ -4,87 +4,212 @@
 //!
 //! Not part of the API: hidden from the documentation, and of no use outside tests.
 
-use crate::connect::{self, ConnectOptions};
-use crate::transport::broker::{ProducerConn, SubEvent, SubscriberConn};
-use crate::transport::frame::NoticeCode;
-use crate::Result;
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-/// A producer connection that can send what the library never would.
+use crate::connect::ConnectOptions;
+use crate::packet::AsIpcPacket;
+use crate::transport::plink::ProducerNotice;
+use crate::transport::region::ProducerDesc;
+use crate::{Error, Producer, Result, Subscriber};
+
+/// A producer that can write what the library never would into its ring, its pool and
+/// its socket.
 pub struct HostileProducer {
-    conn: ProducerConn,
+    producer: Producer,
 }
 
 impl HostileProducer {
     /// Connects to `server` as a producer.
     pub fn connect(server: &str, options: &ConnectOptions) -> Result<HostileProducer> {
         Ok(HostileProducer {
-            conn: connect::producer_once(server, options)?.conn,
+            producer: Producer::connect_with(server, options.clone())?,
         })
     }
 
     /// The id the daemon gave this producer.
     pub fn id(&self) -> u64 {
-        self.conn.id
+        self.producer.id().unwrap_or(0)
     }
 
-    /// Sends `bytes` as a data frame (`sealed`: in the envelope the daemon unwraps).
-    pub fn frame(&mut self, bytes: &[u8], sealed: bool) -> Result<()> {
-        Ok(self.conn.raw_frame(bytes, sealed)?)
+    /// Sends a well-formed batch, as a producer would.
+    pub fn send<T: AsIpcPacket>(&mut self, packets: &[T]) -> Result<()> {
+        self.producer.send(packets)
     }
 
-    /// Writes `bytes` into shared memory and sends a descriptor claiming `claimed_len`.
-    pub fn batch(&mut self, bytes: &[u8], claimed_len: u32) -> Result<()> {
-        Ok(self.conn.raw_batch(bytes, claimed_len)?)
+    fn link(&mut self) -> Result<&mut crate::transport::plink::ProducerLink> {
+        self.producer
+            .link_mut()
+            .ok_or_else(|| Error::Spool("not connected".into()))
     }
 
-    /// Announces `n` segments (each a file descriptor) with ids from `first`.
-    pub fn flood(&mut self, first: u32, n: u32) -> Result<()> {
-        Ok(self.conn.announce_flood(first, n)?)
+    /// Writes `bytes` at the start of slot `slot` of its pool (whoever holds it).
+    pub fn write_slot(&mut self, slot: u32, bytes: &[u8]) -> Result<()> {
+        let link = self.link()?;
+        let size = link.slot_size();
+        let (_, pool, _, _) = link.raw();
+        let at = slot as usize * size;
+        if at + bytes.len() > pool.len() || bytes.len() > size {
+            return Err(Error::Spool("outside the pool".into()));
+        }
+        // SAFETY: within the pool mapping (checked); a test writing on purpose what the
+        // daemon and subscribers must survive.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), pool.as_ptr().add(at), bytes.len()) };
+        Ok(())
     }
 
-    /// The reason the daemon gave when it cut this producer off, once it has.
-    pub fn cut_off(&mut self) -> Result<Option<String>> {
-        Ok(self.conn.cut_off()?)
+    /// Publishes a descriptor with these values, whatever they are.
+    pub fn publish(&mut self, slot: u32, len: u32, count: u32) -> Result<()> {
+        let link = self.link()?;
+        let (region, _, head, _) = link.raw();
+        region.write_desc(
+            *head,
+            &ProducerDesc {
+                slot,
+                len,
+                count,
+                flags: 0,
+                seq: 0,
+                bytes: 0,
+            },
+        );
+        *head += 1;
+        region.desc_head().store(*head, Ordering::Release);
+        self.wake()
+    }
+
+    /// Moves its ring's head to `head`.
+    pub fn set_head(&mut self, head: u64) -> Result<()> {
+        let link = self.link()?;
+        let (region, _, _, _) = link.raw();
+        region.desc_head().store(head, Ordering::Release);
+        self.wake()
+    }
+
+    /// Moves its release ring's tail to `tail` (slots it says it took back).
+    pub fn set_release_tail(&mut self, tail: u64) -> Result<()> {
+        let link = self.link()?;
+        let (region, _, _, _) = link.raw();
+        region.rel_tail().store(tail, Ordering::Release);
+        self.wake()
+    }
+
+    /// Sends a wake-up frame whether the daemon sleeps or not.
+    fn wake(&mut self) -> Result<()> {
+        let mut frame = Vec::new();
+        crate::transport::wire::wake(&mut frame);
+        self.raw_frame(&frame, false)
+    }
+
+    /// Sends `bytes` on its socket as they are, with a descriptor attached if `fd`.
+    pub fn raw_frame(&mut self, bytes: &[u8], fd: bool) -> Result<()> {
+        let link = self.link()?;
+        let (_, _, _, conn) = link.raw();
+        let file = tempfile_fd()?;
+        let fds = if fd { vec![file.as_fd()] } else { Vec::new() };
+        conn.send(bytes, &fds)
+            .map_err(|e| Error::Transport(crate::TransportError::Io { what: "raw frame", source: e }))
+    }
+
+    /// Waits up to `timeout` for the daemon's word that it cut this producer off.
+    pub fn cut_off(&mut self, timeout: Duration) -> Result<Option<String>> {
+        let deadline = Instant::now() + timeout;
+        let link = self.link()?;
+        loop {
+            match link.notice_now() {
+                Ok(Some(ProducerNotice::Refused(why))) => return Ok(Some(why)),
+                Ok(_) => {}
+                Err(crate::TransportError::Disconnected) => {
+                    return Ok(Some("the daemon closed the connection".into()))
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
-/// A subscriber connection that can send what the library never would.
+fn tempfile_fd() -> Result<std::fs::File> {
+    std::fs::File::open("/dev/null").map_err(|e| {
+        Error::Transport(crate::TransportError::Io {
+            what: "opening /dev/null",
+            source: e,
+        })
+    })
+}
+
+/// A subscriber that can write what the library never would into its ring and socket.
 pub struct HostileSubscriber {
-    conn: SubscriberConn,
+    subscriber: Subscriber,
 }
 
 impl HostileSubscriber {
     /// Connects to `server` as a subscriber.
     pub fn connect(server: &str, options: &ConnectOptions) -> Result<HostileSubscriber> {
         Ok(HostileSubscriber {
-            conn: connect::subscriber_once(server, options)?.conn,
+            subscriber: Subscriber::connect_with(server, options.clone())?,
         })
     }
 
     /// The id the daemon gave this subscriber.
     pub fn id(&self) -> u64 {
-        self.conn.id
+        self.subscriber.id().unwrap_or(0)
     }
 
-    /// Sends `bytes` on the release channel (`sealed`: in the envelope).
-    pub fn release(&mut self, bytes: &[u8], sealed: bool) -> Result<()> {
-        Ok(self.conn.raw_release(bytes, sealed)?)
+    /// Receives one batch as a subscriber would, holding it (`None` on a timeout).
+    pub fn recv(&mut self, timeout: Duration) -> Result<Option<crate::Batch>> {
+        match self.subscriber.recv_timeout(timeout)? {
+            crate::Received::Batch(b) => Ok(Some(b)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Moves its ring's tail to `tail` (batches it says it released).
+    pub fn set_tail(&mut self, tail: u64) -> Result<()> {
+        let link = self
+            .subscriber
+            .link_mut()
+            .ok_or_else(|| Error::Spool("not connected".into()))?;
+        let (region, conn) = link.raw();
+        region.desc_tail().store(tail, Ordering::Release);
+        let mut frame = Vec::new();
+        crate::transport::wire::wake(&mut frame);
+        let _ = conn.send(&frame, &[]);
+        Ok(())
+    }
+
+    /// Sends `bytes` on its socket as they are, with a descriptor attached if `fd`.
+    pub fn raw_frame(&mut self, bytes: &[u8], fd: bool) -> Result<()> {
+        let link = self
+            .subscriber
+            .link_mut()
+            .ok_or_else(|| Error::Spool("not connected".into()))?;
+        let (_, conn) = link.raw();
+        let file = tempfile_fd()?;
+        let fds = if fd { vec![file.as_fd()] } else { Vec::new() };
+        conn.send(bytes, &fds)
+            .map_err(|e| Error::Transport(crate::TransportError::Io { what: "raw frame", source: e }))
     }
 
     /// Waits up to `timeout` for the daemon's word: the reason it cut this subscriber
     /// off, if it did (batches received meanwhile are dropped).
-    pub fn cut_off(&mut self, timeout: std::time::Duration) -> Result<Option<String>> {
-        let deadline = std::time::Instant::now() + timeout;
+    pub fn cut_off(&mut self, timeout: Duration) -> Result<Option<String>> {
+        let deadline = Instant::now() + timeout;
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.conn.next(Some(left)) {
-                Ok(SubEvent::Notice(NoticeCode::Disconnected, why)) => return Ok(Some(why)),
-                Ok(SubEvent::Timeout) => return Ok(None),
-                Ok(_) => {}
-                Err(crate::TransportError::Disconnected) => {
-                    return Ok(Some("the daemon closed the connection".into()))
-                }
-                Err(e) => return Err(e.into()),
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.subscriber.recv_timeout(left) {
+                Ok(crate::Received::Timeout) => return Ok(None),
+                Ok(crate::Received::End) => return Ok(Some("the server ended".into())),
+                Ok(crate::Received::Batch(_)) => {}
+                Err(Error::Disconnected { reason, .. }) => return Ok(Some(reason)),
+                Err(e) => return Err(e),
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
             }
         }
     }

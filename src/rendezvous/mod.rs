@@ -22,6 +22,7 @@
 //! Every path in it is absolute. A client that finds a file whose `pid` is not a running
 //! process knows the daemon died without cleaning up.
 
+pub mod fsafe;
 pub mod spool;
 
 use std::io::Write;
@@ -62,6 +63,9 @@ pub struct ServerEntry {
     pub subscriber_group: Option<String>,
 }
 
+/// The most a rendezvous file may hold.
+const MAX_RENDEZVOUS: u64 = 1 << 20;
+
 /// The rendezvous file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rendezvous {
@@ -77,6 +81,10 @@ pub struct Rendezvous {
     pub control: PathBuf,
     /// The servers.
     pub servers: Vec<ServerEntry>,
+    /// The user that owns the file: the daemon's (not in the file; filled in by
+    /// [`Rendezvous::read`]).
+    #[serde(skip)]
+    pub owner: u32,
 }
 
 /// Why the rendezvous file could not be used.
@@ -101,6 +109,9 @@ pub enum RendezvousError {
         /// Why.
         source: std::io::Error,
     },
+    /// The file or its directory could have been planted by another user.
+    #[error("refusing the rendezvous file: {0}")]
+    Untrusted(String),
     /// The file is not a rendezvous file of this version.
     #[error("the rendezvous file {path} is not valid: {why}")]
     Invalid {
@@ -190,33 +201,60 @@ pub fn process_alive(pid: u32) -> bool {
 }
 
 impl Rendezvous {
-    /// Reads the file and checks that its daemon is alive.
+    /// Reads the file, if it is one to believe, and checks that its daemon is alive.
+    ///
+    /// The directory holding it must be one only root, this user, or the owner of a
+    /// sheltered directory could have made ([`fsafe::trusted_dir`]); the file must be a
+    /// regular file of at most 1 MiB owned by that directory's owner (or root) and writable
+    /// by nobody else; every path in it must be absolute, and the spool directories must
+    /// lie in its runtime directory.
     pub fn read(path: &Path) -> Result<Rendezvous, RendezvousError> {
-        let text = match std::fs::read(path) {
-            Ok(text) => text,
+        let invalid = |why: String| RendezvousError::Invalid {
+            path: path.to_owned(),
+            why,
+        };
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let dir_meta = match fsafe::trusted_dir(dir, uid()) {
+            Ok(m) => m,
+            Err(e) if std::fs::symlink_metadata(dir).is_err() => {
+                let _ = e;
+                return Err(RendezvousError::Missing(path.to_owned()));
+            }
+            Err(e) => return Err(RendezvousError::Untrusted(e.to_string())),
+        };
+        let (text, meta) = match fsafe::read_trusted(path, dir_meta.uid, MAX_RENDEZVOUS) {
+            Ok(read) => read,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(RendezvousError::Missing(path.to_owned()))
             }
-            Err(source) => {
+            Err(e) if e.raw_os_error().is_some() => {
                 return Err(RendezvousError::Io {
                     path: path.to_owned(),
-                    source,
+                    source: e,
                 })
             }
+            Err(e) => return Err(invalid(e.to_string())),
         };
-        let r: Rendezvous =
-            serde_json::from_slice(&text).map_err(|e| RendezvousError::Invalid {
-                path: path.to_owned(),
-                why: e.to_string(),
-            })?;
+        let mut r: Rendezvous =
+            serde_json::from_slice(&text).map_err(|e| invalid(e.to_string()))?;
         if r.version != RENDEZVOUS_VERSION {
-            return Err(RendezvousError::Invalid {
-                path: path.to_owned(),
-                why: format!(
-                    "version {} (this build reads {RENDEZVOUS_VERSION})",
-                    r.version
-                ),
-            });
+            return Err(invalid(format!(
+                "version {} (this build reads {RENDEZVOUS_VERSION})",
+                r.version
+            )));
+        }
+        r.owner = meta.uid;
+        let inside = |p: &Path| p.is_absolute() && p.starts_with(&r.runtime_dir);
+        let paths_ok = r.runtime_dir.is_absolute()
+            && inside(&r.control)
+            && r
+                .servers
+                .iter()
+                .all(|s| inside(&s.producers) && inside(&s.subscribers));
+        if !paths_ok {
+            return Err(invalid(
+                "a path in it is not absolute or not in its runtime directory".into(),
+            ));
         }
         if !process_alive(r.pid) {
             return Err(RendezvousError::Stale {
@@ -232,22 +270,26 @@ impl Rendezvous {
         self.servers.iter().find(|s| s.name == name)
     }
 
-    /// Writes the file atomically: a temporary file beside it, renamed over it.
+    /// Writes the file atomically at `path`: a new temporary file beside it (never through
+    /// a link), renamed over it.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
+        let dir = fsafe::Dir::open(path.parent().unwrap_or(Path::new("/")))?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| std::io::Error::other("a rendezvous path without a file name"))?;
+        let tmp = format!(".{name}.{}.tmp", std::process::id());
+        let _ = dir.unlink(&tmp);
+        let mut f = dir.create_new(&tmp, 0o644)?;
         let mut json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         json.push(b'\n');
-        f.write_all(&json)?;
-        f.sync_all()?;
+        let written = f.write_all(&json).and_then(|()| f.sync_all());
         drop(f);
-        std::fs::rename(&tmp, path)
+        if let Err(e) = written.and_then(|()| dir.rename(&tmp, name)) {
+            let _ = dir.unlink(&tmp);
+            return Err(e);
+        }
+        Ok(())
     }
 }
 
@@ -272,6 +314,7 @@ mod tests {
                 producer_group: None,
                 subscriber_group: Some("analytics".into()),
             }],
+            owner: 0,
         }
     }
 
@@ -279,8 +322,10 @@ mod tests {
     fn written_then_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(RENDEZVOUS_FILE);
-        let r = sample(std::process::id());
+        let mut r = sample(std::process::id());
         r.write(&path).unwrap();
+        // SAFETY: geteuid cannot fail.
+        r.owner = unsafe { libc::geteuid() };
         assert_eq!(Rendezvous::read(&path).unwrap(), r);
         assert!(r.server("default").is_some());
         assert!(r.server("nope").is_none());

@@ -72,7 +72,7 @@ pub(crate) enum NoticeCode {
 }
 
 impl NoticeCode {
-    fn to_u32(self) -> u32 {
+    pub(crate) fn to_u32(self) -> u32 {
         match self {
             NoticeCode::Stopping => 1,
             NoticeCode::ServerGone => 2,
@@ -81,7 +81,7 @@ impl NoticeCode {
             NoticeCode::Other(c) => c,
         }
     }
-    fn from_u32(c: u32) -> Self {
+    pub(crate) fn from_u32(c: u32) -> Self {
         match c {
             1 => NoticeCode::Stopping,
             2 => NoticeCode::ServerGone,

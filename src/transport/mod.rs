@@ -1,26 +1,36 @@
-//! Everything that knows ipc-channel: frames, shared-memory segments, links.
+//! How bytes move between processes: everything that knows sockets, shared memory and
+//! ipc-channel.
 //!
-//! Nothing above this module names an ipc-channel type; it sees batches, descriptors and
-//! [`TransportError`]s.
+//! - The broker's connections: [`sock`] (packet sockets with descriptors and peer
+//!   credentials), [`bootstrap`] (how a client and the daemon meet), [`wire`] (what they
+//!   say on the socket), [`memfd`] (sealed shared memory), [`region`] (the rings in it),
+//!   [`wait`] (spinning, yielding and futex sleeping), [`plink`] and [`slink`] (a
+//!   producer's and a subscriber's end), [`ends`] and [`poller`] (the daemon's side).
+//! - The point-to-point API over ipc-channel: [`frame`], [`shm`], [`link`].
+//!
+//! Nothing above this module names an ipc-channel type or a socket; it sees batches,
+//! descriptors and [`TransportError`]s.
 
-pub(crate) mod broker;
+pub(crate) mod bootstrap;
+pub(crate) mod ends;
 pub(crate) mod frame;
 pub(crate) mod link;
 pub(crate) mod memfd;
 pub(crate) mod poller;
+pub(crate) mod plink;
 pub(crate) mod region;
 pub(crate) mod shm;
+pub(crate) mod slink;
 pub(crate) mod sock;
 pub(crate) mod wait;
+pub(crate) mod wire;
 
 use std::io;
 use std::time::Duration;
 
-/// Batches a subscriber may hold delivered and unreleased. Bounds the messages in flight
-/// to it well below a socket buffer, so sending to it never blocks.
-pub(crate) const CREDIT_WINDOW: usize = 32;
-
 pub use frame::FrameError;
+pub use region::RingError;
+pub use wire::WireError;
 pub use link::DEFAULT_INLINE_THRESHOLD;
 pub use shm::SegmentError;
 
@@ -135,4 +145,13 @@ pub enum TransportError {
     /// A malformed batch.
     #[error(transparent)]
     Batch(#[from] BatchError),
+    /// A malformed broker frame.
+    #[error(transparent)]
+    Wire(#[from] wire::WireError),
+    /// A ring the peer writes that does not hold up.
+    #[error(transparent)]
+    Ring(#[from] region::RingError),
+    /// A wait was interrupted (the caller's interrupt flag was raised).
+    #[error("interrupted")]
+    Interrupted,
 }

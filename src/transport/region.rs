@@ -216,6 +216,11 @@ pub(crate) struct SubscriberDesc {
     pub sel_count: u32,
 }
 
+/// Producer descriptor flag: the batch carries a flow index.
+pub(crate) const PDESC_INDEXED: u32 = 1;
+/// Producer descriptor flag: its index holds address-pair hashes.
+pub(crate) const PDESC_IPPAIR: u32 = 2;
+
 /// Descriptor flag: a group member's packets are listed in the selection ring.
 pub(crate) const DESC_SELECTED: u32 = 1;
 /// Descriptor flag: the group's assignment of flows to members changed before this batch.
