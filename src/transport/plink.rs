@@ -73,7 +73,10 @@ pub(crate) struct ProducerLink {
     seq: u64,
     wait: WaitMode,
     since_check: u32,
+    /// Frames received.
     buf: Vec<u8>,
+    /// Frames to send.
+    out: Vec<u8>,
     interrupt: Option<Arc<AtomicBool>>,
 }
 
@@ -127,14 +130,15 @@ impl ProducerLink {
             wait,
             since_check: 0,
             buf: vec![0; MAX_DAEMON_FRAME],
+            out: Vec::with_capacity(wire::HEAD_LEN),
             interrupt,
         })
     }
 
     /// Tells the daemon the welcome arrived and the memory is mapped.
     pub(crate) fn ready(&mut self) -> Result<(), TransportError> {
-        wire::ready(&mut self.buf);
-        send(&self.conn, &self.buf)
+        wire::ready(&mut self.out);
+        send(&self.conn, &self.out)
     }
 
     /// The largest batch a slot holds.
@@ -235,8 +239,8 @@ impl ProducerLink {
         fence(Ordering::SeqCst);
         let wake = self.region.hub_wake();
         if wake.load(Ordering::Relaxed) != 0 && wake.swap(0, Ordering::Relaxed) != 0 {
-            wire::wake(&mut self.buf);
-            send(&self.conn, &self.buf)?;
+            wire::wake(&mut self.out);
+            send(&self.conn, &self.out)?;
         }
         Ok(())
     }

@@ -157,6 +157,7 @@ pub(crate) struct SubscriberLink {
     next: u64,
     releaser: Arc<Releaser>,
     wait: WaitMode,
+    /// Frames received.
     buf: Vec<u8>,
     interrupt: Option<Arc<AtomicBool>>,
 }
@@ -212,8 +213,9 @@ impl SubscriberLink {
 
     /// Tells the daemon the welcome arrived and the memory is mapped.
     pub(crate) fn ready(&mut self) -> Result<(), TransportError> {
-        wire::ready(&mut self.buf);
-        super::plink::send(&self.conn, &self.buf)
+        let mut out = Vec::with_capacity(wire::HEAD_LEN);
+        wire::ready(&mut out);
+        super::plink::send(&self.conn, &out)
     }
 
     /// The next batch or notice; `None` waits without limit.
