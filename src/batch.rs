@@ -93,7 +93,9 @@ pub enum BatchError {
         found: [u8; 4],
     },
     /// A version this crate does not read.
-    #[error("unsupported batch format version {found} (this build reads versions 1 and {VERSION})")]
+    #[error(
+        "unsupported batch format version {found} (this build reads versions 1 and {VERSION})"
+    )]
     UnsupportedVersion {
         /// The version in the header.
         found: u16,
@@ -260,7 +262,15 @@ pub fn encode_into_with<T: AsIpcPacket>(
         needed
     };
     let index_off = if options.index { records_end as u32 } else { 0 };
-    write_header(out, count, needed as u32, seq, lost, index_off, options.flags);
+    write_header(
+        out,
+        count,
+        needed as u32,
+        seq,
+        lost,
+        index_off,
+        options.flags,
+    );
     let (records, index) = out[..needed].split_at_mut(records_end);
     let mut off = HEADER_LEN;
     for (i, p) in packets.iter().enumerate() {

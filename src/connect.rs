@@ -249,9 +249,7 @@ pub(crate) fn connect_once(
             fds,
             daemon_pid: r.pid,
         }),
-        Ok(Answer::Stats(_)) => {
-            Err(TransportError::Protocol("expected a welcome".into()).into())
-        }
+        Ok(Answer::Stats(_)) => Err(TransportError::Protocol("expected a welcome".into()).into()),
         Err(e) => Err(bootstrap_error(server, t, e)),
     }
 }

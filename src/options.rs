@@ -9,11 +9,14 @@ use std::str::FromStr;
 /// A server's `wait` key (in `[servers.NAME]` of the daemon's configuration) sets the mode of
 /// its subscribers unless they choose one. This is the subscriber waiting for batches; it has
 /// nothing to do with `overflow = "block"`, where a producer waits for slow subscribers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum WaitMode {
     /// Spin for a short while, then sleep until woken: low latency while data flows,
     /// little CPU when it does not.
+    #[default]
     Adaptive,
     /// Never sleep: the lowest latency, for a whole CPU core per subscriber.
     Spin,
@@ -41,6 +44,16 @@ impl fmt::Display for WaitMode {
     }
 }
 
+impl FromStr for WaitMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<WaitMode, String> {
+        WaitMode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| format!("unknown wait mode {s:?} (adaptive, spin or park)"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,21 +69,5 @@ mod tests {
             assert_eq!(back, mode);
         }
         assert!(serde_json::from_str::<WaitMode>("\"block\"").is_err());
-    }
-}
-
-impl Default for WaitMode {
-    fn default() -> Self {
-        WaitMode::Adaptive
-    }
-}
-
-impl FromStr for WaitMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<WaitMode, String> {
-        WaitMode::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| format!("unknown wait mode {s:?} (adaptive, spin or park)"))
     }
 }

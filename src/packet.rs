@@ -136,7 +136,9 @@ pub struct PacketRef<'a> {
 
 impl PartialEq for PacketRef<'_> {
     fn eq(&self, other: &Self) -> bool {
-        self.ts_nanos == other.ts_nanos && self.orig_len == other.orig_len && self.data == other.data
+        self.ts_nanos == other.ts_nanos
+            && self.orig_len == other.orig_len
+            && self.data == other.data
     }
 }
 

@@ -59,7 +59,10 @@ fn link(c: connect::Connected, options: &ConnectOptions) -> Result<(ProducerLink
 }
 
 fn connect_link(server: &str, options: &ConnectOptions) -> Result<(ProducerLink, u32)> {
-    link(connect::connect_once(server, Role::Producer, options)?, options)
+    link(
+        connect::connect_once(server, Role::Producer, options)?,
+        options,
+    )
 }
 
 impl Producer {

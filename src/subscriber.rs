@@ -152,7 +152,8 @@ impl Batch {
                     return None;
                 }
                 let index = self.delivered.region.read_sel(start + i as u64);
-                view.index_entry(index).and_then(|(off, _)| view.record_at(off))
+                view.index_entry(index)
+                    .and_then(|(off, _)| view.record_at(off))
             }
             Selection::Offsets(v) => v.get(i).and_then(|&off| view.record_at(off)),
         }
@@ -175,8 +176,8 @@ impl Batch {
 
 /// A batch with no packet, for views of a batch whose bytes changed under the reader.
 const EMPTY_BATCH: &[u8] = &[
-    b'P', b'K', b'T', b'B', 2, 0, 40, 0, 0, 0, 0, 0, 40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    b'P', b'K', b'T', b'B', 2, 0, 40, 0, 0, 0, 0, 0, 40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 ];
 
 impl<'a> IntoIterator for &'a Batch {
@@ -259,6 +260,10 @@ impl std::fmt::Debug for Batch {
 
 /// What [`Subscriber::recv_timeout`] got.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once per batch; boxing the batch would cost an allocation per batch"
+)]
 pub enum Received {
     /// A batch.
     Batch(Batch),
@@ -318,7 +323,11 @@ fn connect_link(server: &str, options: &ConnectOptions) -> Result<(SubscriberLin
 }
 
 fn compile(expr: &str, info: &ServerInfo) -> Result<Arc<Filter>> {
-    Ok(Arc::new(Filter::compile(expr, info.linktype, info.snaplen)?))
+    Ok(Arc::new(Filter::compile(
+        expr,
+        info.linktype,
+        info.snaplen,
+    )?))
 }
 
 impl Subscriber {
@@ -401,10 +410,9 @@ impl Subscriber {
         match self.next(None)? {
             Received::Batch(b) => Ok(Some(b)),
             Received::End => Ok(None),
-            Received::Timeout => Err(TransportError::Protocol(
-                "a wait without timeout timed out".into(),
-            )
-            .into()),
+            Received::Timeout => {
+                Err(TransportError::Protocol("a wait without timeout timed out".into()).into())
+            }
         }
     }
 
@@ -532,8 +540,7 @@ impl Subscriber {
     /// Waits for a daemon to let us in again; `None` (and the end) if none does in time.
     fn reconnect(&mut self, stopped_pid: Option<u32>) -> Result<Option<&mut SubscriberLink>> {
         self.carry.reconnected = true;
-        let found =
-            connect::reconnect(&self.server, &self.options, stopped_pid, connect_link)?;
+        let found = connect::reconnect(&self.server, &self.options, stopped_pid, connect_link)?;
         match found {
             Some((link, pid)) => {
                 self.reconnects += 1;
@@ -586,7 +593,9 @@ fn select(
         Selection::Ring { start, count } => {
             // No index: walk the records once, keeping the selected ones (the selection
             // lists packet indices in increasing order).
-            let mut wanted = (0..u64::from(*count)).map(|k| d.region.read_sel(start + k)).peekable();
+            let mut wanted = (0..u64::from(*count))
+                .map(|k| d.region.read_sel(start + k))
+                .peekable();
             let mut records = view.iter_offsets();
             let mut i = 0u32;
             while let Some(&w) = wanted.peek() {

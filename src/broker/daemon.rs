@@ -283,7 +283,11 @@ impl Pending {
 
 impl Drop for PendingSlot {
     fn drop(&mut self) {
-        let mut by_uid = self.pending.by_uid.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_uid = self
+            .pending
+            .by_uid
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(n) = by_uid.get_mut(&self.uid) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -780,7 +784,8 @@ impl Daemon {
                     running.hub.send(Command::Reconfigure(Box::new(c.clone())));
                     let gid = |g: &Option<String>| g.as_deref().and_then(config::group_id);
                     if let Ok(base) = Dir::open(&self.runtime.join("srv").join(&name)) {
-                        for (dir, group) in [("pub", &c.producer_group), ("sub", &c.subscriber_group)]
+                        for (dir, group) in
+                            [("pub", &c.producer_group), ("sub", &c.subscriber_group)]
                         {
                             if let Err(e) = spool::prepare(&base, dir, gid(group)) {
                                 warn!(server = %name, error = %e, "cannot update a spool directory");

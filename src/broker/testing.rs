@@ -55,7 +55,9 @@ impl HostileProducer {
         }
         // SAFETY: within the pool mapping (checked); a test writing on purpose what the
         // daemon and subscribers must survive.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), pool.as_ptr().add(at), bytes.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), pool.as_ptr().add(at), bytes.len())
+        };
         Ok(())
     }
 
@@ -108,8 +110,12 @@ impl HostileProducer {
         let (_, _, _, conn) = link.raw();
         let file = tempfile_fd()?;
         let fds = if fd { vec![file.as_fd()] } else { Vec::new() };
-        conn.send(bytes, &fds)
-            .map_err(|e| Error::Transport(crate::TransportError::Io { what: "raw frame", source: e }))
+        conn.send(bytes, &fds).map_err(|e| {
+            Error::Transport(crate::TransportError::Io {
+                what: "raw frame",
+                source: e,
+            })
+        })
     }
 
     /// Waits up to `timeout` for the daemon's word that it cut this producer off.
@@ -191,8 +197,12 @@ impl HostileSubscriber {
         let (_, conn) = link.raw();
         let file = tempfile_fd()?;
         let fds = if fd { vec![file.as_fd()] } else { Vec::new() };
-        conn.send(bytes, &fds)
-            .map_err(|e| Error::Transport(crate::TransportError::Io { what: "raw frame", source: e }))
+        conn.send(bytes, &fds).map_err(|e| {
+            Error::Transport(crate::TransportError::Io {
+                what: "raw frame",
+                source: e,
+            })
+        })
     }
 
     /// Waits up to `timeout` for the daemon's word: the reason it cut this subscriber

@@ -114,9 +114,8 @@ impl Dir {
             )
         })?;
         // SAFETY: a descriptor just returned by open, owned by nobody else.
-        Ok(Dir {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Dir { fd })
     }
 
     /// What the directory itself is.
@@ -126,7 +125,10 @@ impl Dir {
 
     fn openat(&self, name: &str, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
         if name.contains('/') || name.is_empty() || name == "." || name == ".." {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a plain name"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a plain name",
+            ));
         }
         let c = cstr(OsStr::new(name))?;
         // SAFETY: `c` is NUL-terminated; openat relative to our directory descriptor.
@@ -341,7 +343,8 @@ pub fn trusted_dir(path: &Path, uid: u32) -> Result<Meta, Untrusted> {
     // Someone else's: believable only if nobody but root could have created it there.
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
     let sheltered = parent.is_some_and(|p| {
-        lstat(p).is_ok_and(|pm| pm.is_dir() && pm.uid == 0 && !pm.others_write() && !pm.group_write())
+        lstat(p)
+            .is_ok_and(|pm| pm.is_dir() && pm.uid == 0 && !pm.others_write() && !pm.group_write())
     });
     if sheltered {
         Ok(m)
@@ -389,7 +392,11 @@ mod tests {
         let ctl = d.subdir("ctl", 0o1777, None).unwrap();
         assert!(ctl.meta().unwrap().is_dir());
         assert_eq!(
-            std::fs::metadata(victim.path()).unwrap().permissions().mode() & 0o7777,
+            std::fs::metadata(victim.path())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
             0o700,
             "the victim's mode is unchanged"
         );

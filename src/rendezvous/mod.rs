@@ -247,8 +247,7 @@ impl Rendezvous {
         let inside = |p: &Path| p.is_absolute() && p.starts_with(&r.runtime_dir);
         let paths_ok = r.runtime_dir.is_absolute()
             && inside(&r.control)
-            && r
-                .servers
+            && r.servers
                 .iter()
                 .all(|s| inside(&s.producers) && inside(&s.subscribers));
         if !paths_ok {

@@ -190,7 +190,10 @@ pub fn take_request(dir: &Dir, path: &Path, name: &str) -> Result<Request, Spool
     if !plain {
         return Err(invalid(
             &file,
-            format!("socket {:?} is not a socket name of this directory", req.socket),
+            format!(
+                "socket {:?} is not a socket name of this directory",
+                req.socket
+            ),
         ));
     }
     let sock = dir
@@ -238,9 +241,8 @@ pub fn sweep(dir: &Dir) -> usize {
         .map_or(0, |d| d.as_secs() as i64);
     let mut removed = 0;
     for name in names {
-        let ours = name.ends_with(REQUEST_EXT)
-            || name.ends_with(".part")
-            || name.ends_with(SOCKET_EXT);
+        let ours =
+            name.ends_with(REQUEST_EXT) || name.ends_with(".part") || name.ends_with(SOCKET_EXT);
         if !ours {
             continue;
         }
@@ -278,7 +280,10 @@ mod tests {
             let sub = submit(spool, bad, None).unwrap();
             let name = sub.path.file_name().unwrap().to_str().unwrap().to_owned();
             assert!(
-                matches!(take_request(&dir, spool, &name), Err(SpoolError::Invalid { .. })),
+                matches!(
+                    take_request(&dir, spool, &name),
+                    Err(SpoolError::Invalid { .. })
+                ),
                 "{bad}"
             );
         }

@@ -79,8 +79,8 @@ pub(crate) fn listen_in(dir: &Path, daemon: DaemonId) -> Result<Awaiting, Transp
     );
     // Anyone who can reach the spool directory may connect (the daemon may run as another
     // user); who actually did is checked on every accepted connection.
-    let listener = Listener::bind(&dir.join(&name), 0o666)
-        .map_err(io_err("creating the bootstrap socket"))?;
+    let listener =
+        Listener::bind(&dir.join(&name), 0o666).map_err(io_err("creating the bootstrap socket"))?;
     Ok(Awaiting {
         listener,
         name,
@@ -125,9 +125,7 @@ impl Awaiting {
             {
                 Recv::Message(n) => n,
                 Recv::Empty | Recv::Closed => return Err(BootstrapError::NoAnswer),
-                Recv::Oversized => {
-                    return Err(protocol("the daemon's answer is malformed").into())
-                }
+                Recv::Oversized => return Err(protocol("the daemon's answer is malformed").into()),
             };
             return match wire::parse(&buf[..n]).map_err(TransportError::from)? {
                 Frame::Welcome(json) => {
@@ -212,9 +210,12 @@ pub(crate) fn send_stats(conn: &Conn, json: &str) -> Result<(), TransportError> 
     let len = u32::try_from(json.len()).map_err(|_| protocol("counters too large"))?;
     let fd = memfd::create(c"packet-ipc-stats", json.len().max(1))
         .map_err(io_err("answering a stats request"))?;
-    std::fs::File::from(fd.try_clone().map_err(io_err("answering a stats request"))?)
-        .write_all(json.as_bytes())
-        .map_err(io_err("answering a stats request"))?;
+    std::fs::File::from(
+        fd.try_clone()
+            .map_err(io_err("answering a stats request"))?,
+    )
+    .write_all(json.as_bytes())
+    .map_err(io_err("answering a stats request"))?;
     let mut buf = Vec::new();
     wire::stats(&mut buf, len);
     conn.send(&buf, &[fd.as_fd()])
@@ -228,8 +229,9 @@ mod tests {
 
     fn me() -> DaemonId {
         // SAFETY: geteuid cannot fail.
+        let uid = unsafe { libc::geteuid() };
         DaemonId {
-            uid: unsafe { libc::geteuid() },
+            uid,
             pid: std::process::id(),
         }
     }
@@ -257,14 +259,7 @@ mod tests {
     fn anyone_else_is_ignored_and_the_wait_ends_at_its_timeout() {
         let dir = tempfile::tempdir().unwrap();
         // Expects a daemon that is not this process.
-        let awaiting = listen_in(
-            dir.path(),
-            DaemonId {
-                pid: 1,
-                ..me()
-            },
-        )
-        .unwrap();
+        let awaiting = listen_in(dir.path(), DaemonId { pid: 1, ..me() }).unwrap();
         let path = dir.path().join(awaiting.socket_name());
         let impostor = thread::spawn(move || {
             let (conn, _) = connect_client(&path, me().uid).unwrap();

@@ -54,10 +54,7 @@ impl PoolMemory {
         }
         // SAFETY: within the mapping (checked just above and by `bytes`); the values read
         // from it are checked by every reader.
-        unsafe {
-            self.map
-                .bytes(slot as usize * self.slot_size as usize, len)
-        }
+        unsafe { self.map.bytes(slot as usize * self.slot_size as usize, len) }
     }
 }
 
@@ -73,7 +70,11 @@ impl std::fmt::Debug for PoolMemory {
 
 /// Sends a frame without ever blocking the daemon: a client whose socket is full is not
 /// reading, and is treated as broken.
-fn send(conn: &Conn, frame: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<(), TransportError> {
+fn send(
+    conn: &Conn,
+    frame: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> Result<(), TransportError> {
     conn.send(frame, fds).map_err(|e| {
         if e.kind() == std::io::ErrorKind::WouldBlock {
             TransportError::Protocol("the client does not read its socket".into())
@@ -98,7 +99,10 @@ pub(crate) enum ClientFrame {
 
 /// Reads one frame a client sent, without waiting. Anything but a wake-up or "ready",
 /// small and without descriptors, is an error.
-pub(crate) fn read_client(conn: &Conn, buf: &mut [u8; wire::MAX_CLIENT_FRAME]) -> Result<ClientFrame, TransportError> {
+pub(crate) fn read_client(
+    conn: &Conn,
+    buf: &mut [u8; wire::MAX_CLIENT_FRAME],
+) -> Result<ClientFrame, TransportError> {
     let mut fds = Vec::new();
     let got = conn
         .recv(buf, &mut fds, std::time::Duration::ZERO)
@@ -123,7 +127,11 @@ pub(crate) fn read_client(conn: &Conn, buf: &mut [u8; wire::MAX_CLIENT_FRAME]) -
 }
 
 /// Creates sealed memory of `len` bytes and maps it.
-fn create(name: &std::ffi::CStr, len: usize, access: Access) -> Result<(OwnedFd, Mapping), TransportError> {
+fn create(
+    name: &std::ffi::CStr,
+    len: usize,
+    access: Access,
+) -> Result<(OwnedFd, Mapping), TransportError> {
     let fd = memfd::create(name, len).map_err(io_err("creating shared memory"))?;
     let map = Mapping::new(fd.as_fd(), len, access).map_err(io_err("mapping shared memory"))?;
     Ok((fd, map))
@@ -161,7 +169,8 @@ impl ProducerEnd {
             desc_cap: cap,
             rel_cap: cap,
         };
-        let (region_fd, region_map) = create(c"packet-ipc-producer", layout.len(), Access::ReadWrite)?;
+        let (region_fd, region_map) =
+            create(c"packet-ipc-producer", layout.len(), Access::ReadWrite)?;
         let region = ProducerRegion::new(Arc::new(region_map), layout)
             .ok_or_else(|| TransportError::Protocol("region layout".into()))?;
         let pool_len = slots as usize * slot_size as usize;
@@ -289,7 +298,9 @@ impl ProducerEnd {
 
     /// Asks the producer for a wake-up frame when it next publishes (before sleeping).
     pub(crate) fn want_wake(&self, on: bool) {
-        self.region.hub_wake().store(u32::from(on), Ordering::Relaxed);
+        self.region
+            .hub_wake()
+            .store(u32::from(on), Ordering::Relaxed);
     }
 
     /// Tells the producer something; it looks at its socket when the flag says so.
@@ -417,7 +428,9 @@ impl SubscriberEnd {
 
     /// Asks the subscriber for a wake-up frame when it next releases (before sleeping).
     pub(crate) fn want_wake(&self, on: bool) {
-        self.region.hub_wake().store(u32::from(on), Ordering::Relaxed);
+        self.region
+            .hub_wake()
+            .store(u32::from(on), Ordering::Relaxed);
     }
 
     /// Batches the subscriber skipped as malformed, and batches whose records ran out

@@ -20,13 +20,6 @@
 //! kind 5: `count` u32 segment ids follow: segments the reader is done with
 //! ```
 //! All integers little-endian.
-//!
-//! # Envelope
-//!
-//! The daemon reads its clients' channels through typed receivers (its poller checks each
-//! message, then lets ipc-channel read it). A frame sent to such a receiver is wrapped in an envelope that makes it a
-//! valid postcard encoding of a byte buffer: its length as a LEB128 varint, then the frame.
-//! [`FrameBuf`] reserves room for the envelope so that sealing it copies nothing.
 
 /// Length of a frame's head.
 pub(crate) const HEAD_LEN: usize = 8;
@@ -239,12 +232,6 @@ pub(crate) fn push_end(out: &mut Vec<u8>) {
     out.extend_from_slice(&head(KIND_END, 0));
 }
 
-/// Appends a notice.
-pub(crate) fn push_notice(out: &mut Vec<u8>, code: NoticeCode, text: &str) {
-    out.extend_from_slice(&head(KIND_NOTICE, code.to_u32()));
-    out.extend_from_slice(text.as_bytes());
-}
-
 /// Appends a release frame naming `ids`.
 pub(crate) fn push_releases(out: &mut Vec<u8>, ids: impl ExactSizeIterator<Item = u32>) {
     out.extend_from_slice(&head(KIND_RELEASES, ids.len() as u32));
@@ -253,53 +240,22 @@ pub(crate) fn push_releases(out: &mut Vec<u8>, ids: impl ExactSizeIterator<Item 
     }
 }
 
-/// Room kept in front of a frame for its envelope: the longest varint of a `usize`.
-const ENVELOPE_ROOM: usize = 10;
-
-/// A reusable buffer that builds one frame at a time, plain or enveloped.
+/// A reusable buffer that builds one frame at a time.
+#[derive(Default)]
 pub(crate) struct FrameBuf {
     buf: Vec<u8>,
-}
-
-impl Default for FrameBuf {
-    fn default() -> Self {
-        FrameBuf {
-            buf: vec![0; ENVELOPE_ROOM],
-        }
-    }
 }
 
 impl FrameBuf {
     /// Clears the buffer and returns it for a frame to be appended.
     pub(crate) fn start(&mut self) -> &mut Vec<u8> {
-        self.buf.truncate(ENVELOPE_ROOM);
+        self.buf.clear();
         &mut self.buf
     }
 
     /// The frame as built.
     pub(crate) fn plain(&self) -> &[u8] {
-        &self.buf[ENVELOPE_ROOM..]
-    }
-
-    /// The frame behind its envelope (see the module docs).
-    pub(crate) fn sealed(&mut self) -> &[u8] {
-        let mut n = self.buf.len() - ENVELOPE_ROOM;
-        let mut varint = [0u8; ENVELOPE_ROOM];
-        let mut len = 0;
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                varint[len] = byte;
-                len += 1;
-                break;
-            }
-            varint[len] = byte | 0x80;
-            len += 1;
-        }
-        let at = ENVELOPE_ROOM - len;
-        self.buf[at..ENVELOPE_ROOM].copy_from_slice(&varint[..len]);
-        &self.buf[at..]
+        &self.buf
     }
 }
 
@@ -340,12 +296,6 @@ mod tests {
         push_inline_head(&mut buf);
         buf.extend_from_slice(b"abc");
         assert_eq!(parse(&buf).unwrap(), Frame::Inline(b"abc"));
-        buf.clear();
-        push_notice(&mut buf, NoticeCode::Disconnected, "queue full");
-        assert_eq!(
-            parse(&buf).unwrap(),
-            Frame::Notice(NoticeCode::Disconnected, "queue full")
-        );
         buf.clear();
         push_releases(&mut buf, [7u32, 1].into_iter());
         match parse(&buf).unwrap() {

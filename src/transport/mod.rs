@@ -16,8 +16,8 @@ pub(crate) mod ends;
 pub(crate) mod frame;
 pub(crate) mod link;
 pub(crate) mod memfd;
-pub(crate) mod poller;
 pub(crate) mod plink;
+pub(crate) mod poller;
 pub(crate) mod region;
 pub(crate) mod shm;
 pub(crate) mod slink;
@@ -29,10 +29,10 @@ use std::io;
 use std::time::Duration;
 
 pub use frame::FrameError;
-pub use region::RingError;
-pub use wire::WireError;
 pub use link::DEFAULT_INLINE_THRESHOLD;
+pub use region::RingError;
 pub use shm::SegmentError;
+pub use wire::WireError;
 
 use crate::batch::BatchError;
 

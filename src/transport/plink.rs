@@ -98,10 +98,13 @@ impl ProducerLink {
             ..
         } = role
         else {
-            return Err(TransportError::Protocol("expected a producer welcome".into()));
+            return Err(TransportError::Protocol(
+                "expected a producer welcome".into(),
+            ));
         };
-        let [region_fd, pool_fd] = <[OwnedFd; 2]>::try_from(fds)
-            .map_err(|_| TransportError::Protocol("a producer welcome without its memory".into()))?;
+        let [region_fd, pool_fd] = <[OwnedFd; 2]>::try_from(fds).map_err(|_| {
+            TransportError::Protocol("a producer welcome without its memory".into())
+        })?;
         let region = map_region(&region_fd, layout)?;
         let pool_len = (slots as usize)
             .checked_mul(slot_size as usize)
@@ -109,7 +112,9 @@ impl ProducerLink {
             .ok_or_else(|| TransportError::Protocol("a pool of impossible size".into()))?;
         let size = memfd::check_sealed(pool_fd.as_fd()).map_err(io_err("checking the pool"))?;
         if size < pool_len {
-            return Err(TransportError::Protocol("a pool smaller than announced".into()));
+            return Err(TransportError::Protocol(
+                "a pool smaller than announced".into(),
+            ));
         }
         let pool = Mapping::new(pool_fd.as_fd(), pool_len, Access::ReadWrite)
             .map_err(io_err("mapping the pool"))?;
@@ -159,7 +164,10 @@ impl ProducerLink {
     /// Batches (and their packets) published and not yet given back: what the daemon may
     /// have swallowed if it died now.
     pub(crate) fn in_flight(&self) -> (u64, u64) {
-        self.held.iter().flatten().fold((0, 0), |(b, p), n| (b + 1, p + u64::from(*n)))
+        self.held
+            .iter()
+            .flatten()
+            .fold((0, 0), |(b, p), n| (b + 1, p + u64::from(*n)))
     }
 
     /// Reports the packets the producer's source lost so far (a running total).
@@ -193,9 +201,8 @@ impl ProducerLink {
         // SAFETY: the slot is ours (it is free: the daemon gave it back, or never had it),
         // so nobody reads or writes it until we publish its descriptor; it lies within the
         // pool mapping, which lives as long as `self`.
-        let out = unsafe {
-            std::slice::from_raw_parts_mut(self.pool.as_ptr().add(at), self.slot_size)
-        };
+        let out =
+            unsafe { std::slice::from_raw_parts_mut(self.pool.as_ptr().add(at), self.slot_size) };
         let len = match batch::encode_into_with(packets, self.seq, 0, out, options, hash) {
             Ok(len) => len,
             Err(e) => {
@@ -256,7 +263,11 @@ impl ProducerLink {
             if !self.free.is_empty() {
                 continue;
             }
-            if self.interrupt.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
+            if self
+                .interrupt
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::Relaxed))
+            {
                 return Err(TransportError::Interrupted);
             }
             // Ask for a wake-up: the daemon rings when it writes releases.
@@ -310,7 +321,9 @@ impl ProducerLink {
     /// Reads what the daemon sent on the socket, without waiting: a notice is returned, a
     /// closed socket is `Disconnected`.
     fn read_socket(&mut self) -> Result<Option<ProducerNotice>, TransportError> {
-        self.region.flags().fetch_and(!FLAG_NOTICE, Ordering::Relaxed);
+        self.region
+            .flags()
+            .fetch_and(!FLAG_NOTICE, Ordering::Relaxed);
         loop {
             let mut fds = Vec::new();
             let n = match self
@@ -321,9 +334,7 @@ impl ProducerLink {
                 Recv::Message(n) => n,
                 Recv::Empty => return Ok(None),
                 Recv::Closed => return Err(TransportError::Disconnected),
-                Recv::Oversized => {
-                    return Err(TransportError::Protocol("oversized frame".into()))
-                }
+                Recv::Oversized => return Err(TransportError::Protocol("oversized frame".into())),
             };
             match wire::parse(&self.buf[..n])? {
                 Frame::Notice(code, text) => {
@@ -375,7 +386,9 @@ impl ProducerLink {
 fn map_region(fd: &OwnedFd, layout: ProducerLayout) -> Result<ProducerRegion, TransportError> {
     let size = memfd::check_sealed(fd.as_fd()).map_err(io_err("checking the region"))?;
     if !layout.valid() || size < layout.len() {
-        return Err(TransportError::Protocol("a region of the wrong size".into()));
+        return Err(TransportError::Protocol(
+            "a region of the wrong size".into(),
+        ));
     }
     let map =
         Mapping::new(fd.as_fd(), size, Access::ReadWrite).map_err(io_err("mapping the region"))?;

@@ -42,8 +42,8 @@ fn nix_err(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> TransportErr
 impl Poller {
     /// A new poller and its waker.
     pub(crate) fn new() -> Result<(Poller, Waker), TransportError> {
-        let epoll =
-            Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(nix_err("creating an epoll set"))?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+            .map_err(nix_err("creating an epoll set"))?;
         let waker = Arc::new(
             EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
                 .map_err(nix_err("creating an eventfd"))?,
@@ -75,7 +75,11 @@ impl Poller {
 
     /// Waits up to `timeout` (zero: not at all) and appends the tokens of the sockets that
     /// are readable to `out` ([`WAKER`] for the waker, whose count is consumed).
-    pub(crate) fn wait(&mut self, timeout: Duration, out: &mut Vec<u64>) -> Result<(), TransportError> {
+    pub(crate) fn wait(
+        &mut self,
+        timeout: Duration,
+        out: &mut Vec<u64>,
+    ) -> Result<(), TransportError> {
         let timeout = EpollTimeout::try_from(timeout).unwrap_or(EpollTimeout::MAX);
         let n = match self.epoll.wait(&mut self.ready, timeout) {
             Ok(n) => n,

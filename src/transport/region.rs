@@ -161,14 +161,14 @@ struct Words {
 
 impl Words {
     fn u32(&self, off: usize) -> &AtomicU32 {
-        assert!(off + 4 <= self.map.len() && off % 4 == 0);
+        assert!(off + 4 <= self.map.len() && off.is_multiple_of(4));
         // SAFETY: within the mapping (checked), 4-aligned (the mapping is page-aligned),
         // and the memory lives as long as `self.map`; AtomicU32 has the layout of u32, and
         // every process accesses these words atomically.
         unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU32) }
     }
     fn u64(&self, off: usize) -> &AtomicU64 {
-        assert!(off + 8 <= self.map.len() && off % 8 == 0);
+        assert!(off + 8 <= self.map.len() && off.is_multiple_of(8));
         // SAFETY: as in `u32`, 8-aligned.
         unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU64) }
     }
@@ -263,13 +263,49 @@ impl ProducerRegion {
         self.layout
     }
 
-    word!(hub_wake, u32, AtomicU32, 0, "1 while the daemon sleeps and wants a wake-up frame.");
-    word!(desc_head, u64, AtomicU64, LINE, "Descriptors published (producer).");
-    word!(desc_tail, u64, AtomicU64, 2 * LINE, "Descriptors taken (daemon).");
-    word!(rel_head, u64, AtomicU64, 3 * LINE, "Slots given back (daemon).");
-    word!(rel_tail, u64, AtomicU64, 4 * LINE, "Slots taken back (producer).");
+    word!(
+        hub_wake,
+        u32,
+        AtomicU32,
+        0,
+        "1 while the daemon sleeps and wants a wake-up frame."
+    );
+    word!(
+        desc_head,
+        u64,
+        AtomicU64,
+        LINE,
+        "Descriptors published (producer)."
+    );
+    word!(
+        desc_tail,
+        u64,
+        AtomicU64,
+        2 * LINE,
+        "Descriptors taken (daemon)."
+    );
+    word!(
+        rel_head,
+        u64,
+        AtomicU64,
+        3 * LINE,
+        "Slots given back (daemon)."
+    );
+    word!(
+        rel_tail,
+        u64,
+        AtomicU64,
+        4 * LINE,
+        "Slots taken back (producer)."
+    );
     word!(flags, u32, AtomicU32, 6 * LINE, "Daemon flags (`FLAG_*`).");
-    word!(source_dropped, u64, AtomicU64, 7 * LINE, "Packets the producer's source lost.");
+    word!(
+        source_dropped,
+        u64,
+        AtomicU64,
+        7 * LINE,
+        "Packets the producer's source lost."
+    );
 
     /// The bell on which the producer sleeps, waiting for free slots.
     pub(crate) fn bell(&self) -> Bell<'_> {
@@ -316,7 +352,9 @@ impl ProducerRegion {
 
     /// Writes a released slot at ring position `pos` (daemon).
     pub(crate) fn write_release(&self, pos: u64, slot: u32) {
-        self.words.u32(self.rel_at(pos)).store(slot, Ordering::Relaxed);
+        self.words
+            .u32(self.rel_at(pos))
+            .store(slot, Ordering::Relaxed);
     }
 
     /// Reads the released slot at ring position `pos` (producer).
@@ -339,12 +377,48 @@ impl SubscriberRegion {
         self.layout
     }
 
-    word!(hub_wake, u32, AtomicU32, 0, "1 while the daemon sleeps and wants a wake-up frame.");
-    word!(desc_head, u64, AtomicU64, LINE, "Descriptors delivered (daemon).");
-    word!(desc_tail, u64, AtomicU64, 2 * LINE, "Descriptors released (subscriber).");
-    word!(flags, u32, AtomicU32, 4 * LINE, "Daemon flags (`FLAG_NOTICE`).");
-    word!(skipped, u64, AtomicU64, 5 * LINE, "Malformed batches the subscriber skipped.");
-    word!(cut_short, u64, AtomicU64, 5 * LINE + 8, "Batches whose records ran out early.");
+    word!(
+        hub_wake,
+        u32,
+        AtomicU32,
+        0,
+        "1 while the daemon sleeps and wants a wake-up frame."
+    );
+    word!(
+        desc_head,
+        u64,
+        AtomicU64,
+        LINE,
+        "Descriptors delivered (daemon)."
+    );
+    word!(
+        desc_tail,
+        u64,
+        AtomicU64,
+        2 * LINE,
+        "Descriptors released (subscriber)."
+    );
+    word!(
+        flags,
+        u32,
+        AtomicU32,
+        4 * LINE,
+        "Daemon flags (`FLAG_NOTICE`)."
+    );
+    word!(
+        skipped,
+        u64,
+        AtomicU64,
+        5 * LINE,
+        "Malformed batches the subscriber skipped."
+    );
+    word!(
+        cut_short,
+        u64,
+        AtomicU64,
+        5 * LINE + 8,
+        "Batches whose records ran out early."
+    );
 
     /// The bell on which the subscriber sleeps, waiting for batches.
     pub(crate) fn bell(&self) -> Bell<'_> {
@@ -399,7 +473,9 @@ impl SubscriberRegion {
 
     /// Writes a selected packet index at selection position `pos` (daemon).
     pub(crate) fn write_sel(&self, pos: u64, index: u32) {
-        self.words.u32(self.sel_at(pos)).store(index, Ordering::Relaxed);
+        self.words
+            .u32(self.sel_at(pos))
+            .store(index, Ordering::Relaxed);
     }
 
     /// Reads the packet index at selection position `pos` (subscriber).

@@ -148,8 +148,6 @@ pub(crate) struct SubscriberLink {
     pub id: u64,
     /// The server.
     pub info: WireInfo,
-    /// The group it joined.
-    pub group: Option<String>,
     conn: Arc<Conn>,
     region: SubscriberRegion,
     pools: Vec<Pool>,
@@ -175,8 +173,8 @@ impl SubscriberLink {
     ) -> Result<SubscriberLink, TransportError> {
         let WelcomeRole::Subscriber {
             layout,
-            group,
             wait: server_wait,
+            ..
         } = role
         else {
             return Err(TransportError::Protocol(
@@ -192,7 +190,6 @@ impl SubscriberLink {
         Ok(SubscriberLink {
             id,
             info,
-            group,
             releaser: Arc::new(Releaser {
                 region: region.clone(),
                 conn: Arc::clone(&conn),
@@ -237,7 +234,11 @@ impl SubscriberLink {
                 }
                 return self.take();
             }
-            if self.interrupt.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
+            if self
+                .interrupt
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::Relaxed))
+            {
                 return Err(TransportError::Interrupted);
             }
             let slice = Instant::now() + LIVENESS;
@@ -323,7 +324,9 @@ impl SubscriberLink {
     /// Reads what the daemon sent on the socket (waiting up to `wait` for the first
     /// frame): pools are mapped, retired pools dropped, a notice is returned.
     fn read_socket(&mut self, wait: Duration) -> Result<Option<SubEvent>, TransportError> {
-        self.region.flags().fetch_and(!FLAG_NOTICE, Ordering::Relaxed);
+        self.region
+            .flags()
+            .fetch_and(!FLAG_NOTICE, Ordering::Relaxed);
         let mut wait = wait;
         loop {
             let mut fds = Vec::new();
@@ -336,9 +339,7 @@ impl SubscriberLink {
                 Recv::Message(n) => n,
                 Recv::Empty => return Ok(None),
                 Recv::Closed => return Err(TransportError::Disconnected),
-                Recv::Oversized => {
-                    return Err(TransportError::Protocol("oversized frame".into()))
-                }
+                Recv::Oversized => return Err(TransportError::Protocol("oversized frame".into())),
             };
             match wire::parse(&self.buf[..n])? {
                 Frame::Pool(info) => {
@@ -393,13 +394,12 @@ impl SubscriberLink {
     }
 }
 
-fn map_region(
-    fd: &OwnedFd,
-    layout: SubscriberLayout,
-) -> Result<SubscriberRegion, TransportError> {
+fn map_region(fd: &OwnedFd, layout: SubscriberLayout) -> Result<SubscriberRegion, TransportError> {
     let size = memfd::check_sealed(fd.as_fd()).map_err(io_err("checking the region"))?;
     if !layout.valid() || size < layout.len() {
-        return Err(TransportError::Protocol("a region of the wrong size".into()));
+        return Err(TransportError::Protocol(
+            "a region of the wrong size".into(),
+        ));
     }
     let map =
         Mapping::new(fd.as_fd(), size, Access::ReadWrite).map_err(io_err("mapping the region"))?;

@@ -289,8 +289,7 @@ impl Conn {
         unsafe {
             let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
             while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS
-                {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
                     let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
                     let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
                     for i in 0..bytes / std::mem::size_of::<RawFd>() {
@@ -450,6 +449,9 @@ mod tests {
             .unwrap();
         assert!(got.is_some());
         drop(listener);
-        assert!(!path.exists(), "the socket file is removed with the listener");
+        assert!(
+            !path.exists(),
+            "the socket file is removed with the listener"
+        );
     }
 }

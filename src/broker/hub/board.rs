@@ -20,8 +20,10 @@ impl Counter {
     /// Adds `n` (only the owning hub calls this).
     #[inline]
     pub(crate) fn add(&self, n: u64) {
-        self.0
-            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
     /// Sets the value (a gauge).
@@ -83,7 +85,6 @@ pub(crate) struct GroupCounters {
 #[derive(Debug, Clone)]
 pub(crate) struct Identity {
     pub pid: u32,
-    pub uid: u32,
 }
 
 #[derive(Debug, Default)]
@@ -137,9 +138,7 @@ impl Board {
     /// Lists a producer.
     pub(crate) fn add_producer(&self, id: ClientId, who: Identity) -> Arc<ProducerCounters> {
         let c = Arc::new(ProducerCounters::default());
-        self.clients()
-            .producers
-            .insert(id, (who, Arc::clone(&c)));
+        self.clients().producers.insert(id, (who, Arc::clone(&c)));
         c
     }
 
@@ -252,7 +251,7 @@ mod tests {
     #[test]
     fn pids_are_shown_to_members_and_totals_keep_departed_clients() {
         let board = Board::new("s");
-        let who = Identity { pid: 42, uid: 1000 };
+        let who = Identity { pid: 42 };
         let p = board.add_producer(ClientId(1), who.clone());
         p.source_dropped.set(5);
         let (s, g) = board.add_subscriber(ClientId(2), who, Some("ids".into()));
@@ -261,7 +260,11 @@ mod tests {
         board.counters.lost_packets.add(3);
 
         let open = board.snapshot(&Viewer::default());
-        assert_eq!(open.producer_list[0].pid, Some(42), "an open server shows pids");
+        assert_eq!(
+            open.producer_list[0].pid,
+            Some(42),
+            "an open server shows pids"
+        );
         assert_eq!(open.source_dropped, 5);
         assert_eq!(open.groups[0].members, 1);
         assert_eq!(open.subscribers[0].group.as_deref(), Some("ids"));
@@ -269,7 +272,10 @@ mod tests {
         board.set_access(None, Some(900));
         let outsider = board.snapshot(&Viewer::default());
         assert_eq!(outsider.subscribers[0].pid, None);
-        assert_eq!(outsider.subscribers[0].packets_out, 10, "counts are for all");
+        assert_eq!(
+            outsider.subscribers[0].packets_out, 10,
+            "counts are for all"
+        );
         let member = board.snapshot(&Viewer {
             all: false,
             gids: vec![900],

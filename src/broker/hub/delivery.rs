@@ -68,9 +68,7 @@ impl Hub {
 
     fn deliver_to(&mut self, id: ClientId) -> Result<bool, String> {
         let Hub {
-            subscribers,
-            pools,
-            ..
+            subscribers, pools, ..
         } = self;
         let Some(sub) = subscribers.get_mut(&id) else {
             return Ok(false);
@@ -81,8 +79,7 @@ impl Hub {
             let Some(&q) = sub.queue.front() else {
                 break;
             };
-            if q.selected
-                && sub.sel_head - sub.sel_tail + u64::from(q.packets) > sub.end.sel_cap()
+            if q.selected && sub.sel_head - sub.sel_tail + u64::from(q.packets) > sub.end.sel_cap()
             {
                 break;
             }

@@ -151,11 +151,7 @@ mod tests {
         let mut nine = members.clone();
         nine.push(77);
         let after = owners(&Assignment::new(&nine));
-        let moved: Vec<_> = before
-            .iter()
-            .zip(&after)
-            .filter(|(a, b)| a != b)
-            .collect();
+        let moved: Vec<_> = before.iter().zip(&after).filter(|(a, b)| a != b).collect();
         // Only buckets the newcomer wins move, about 1/9 of them.
         assert!(moved.iter().all(|(_, b)| **b == 77));
         let share = moved.len() as f64 / BUCKETS as f64;

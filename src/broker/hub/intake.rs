@@ -104,15 +104,18 @@ impl Hub {
         };
         self.next_seq += 1;
         let mut refs = 0;
-        let plain: Vec<ClientId> = self
-            .subscribers
-            .iter()
-            .filter(|(_, s)| s.group.is_none())
-            .map(|(&id, _)| id)
-            .collect();
-        for sid in plain {
+        let mut plain = std::mem::take(&mut self.plain);
+        plain.clear();
+        plain.extend(
+            self.subscribers
+                .iter()
+                .filter(|(_, s)| s.group.is_none())
+                .map(|(&id, _)| id),
+        );
+        for &sid in &plain {
             refs += self.offer(sid, item, &[]);
         }
+        self.plain = plain;
         if !self.groups.is_empty() {
             refs += self.fan_out_groups(&d, item);
         }
@@ -127,12 +130,14 @@ impl Hub {
     /// Queues a batch for the groups; returns the references taken.
     fn fan_out_groups(&mut self, d: &ProducerDesc, item: Queued) -> u32 {
         let mut refs = 0;
-        let names: Vec<String> = self.groups.keys().cloned().collect();
+        let mut names = std::mem::take(&mut self.group_names);
+        names.clear();
+        names.extend(self.groups.keys().cloned());
         let mut hashed = false;
-        for name in names {
+        for name in &names {
             let balance = self.config.group_balance;
             if balance == GroupBalance::Batch {
-                let member = match self.groups.get_mut(&name) {
+                let member = match self.groups.get_mut(name) {
                     Some(g) => g.next_member(),
                     None => continue,
                 };
@@ -143,8 +148,9 @@ impl Hub {
                 self.hash_batch(d, item.pool, balance);
                 hashed = true;
             }
-            refs += self.split(&name, item, None);
+            refs += self.split(name, item, None);
         }
+        self.group_names = names;
         refs
     }
 
@@ -168,8 +174,7 @@ impl Hub {
             && view.header().index_off != 0;
         if indexed {
             for i in 0..count as u32 {
-                self.hashes
-                    .push(view.index_entry(i).map_or(0, |(_, h)| h));
+                self.hashes.push(view.index_entry(i).map_or(0, |(_, h)| h));
             }
         } else {
             let mode = if want_ippair {
@@ -191,7 +196,9 @@ impl Hub {
         let Some(g) = self.groups.get(name) else {
             return 0;
         };
-        let members: Vec<u64> = g.assignment.members().to_vec();
+        let mut members = std::mem::take(&mut self.members);
+        members.clear();
+        members.extend_from_slice(g.assignment.members());
         let mut shares = std::mem::take(&mut self.shares);
         shares.resize_with(members.len(), Vec::new);
         for s in shares.iter_mut() {
@@ -221,6 +228,7 @@ impl Hub {
             refs += self.offer(ClientId(*m), mine, share);
         }
         self.shares = shares;
+        self.members = members;
         refs
     }
 

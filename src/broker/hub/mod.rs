@@ -51,10 +51,10 @@ use crate::transport::wire::{NoticeCode, WireInfo, MAX_CLIENT_FRAME};
 use crate::transport::TransportError;
 
 /// Batches a subscriber may hold delivered and unreleased: its ring's size.
-pub(crate) const WINDOW: u32 = 64;
+pub(crate) const WINDOW: u32 = 256;
 /// Slots of a producer's pool under `block`: few, so that the batches in flight stay in
 /// cache (measured: at 1500 B, 16-64 slots in flight run nearly twice as fast as 256).
-const BLOCK_SLOTS: u32 = 64;
+const BLOCK_SLOTS: u32 = 256;
 /// Slots beyond the windows and the queue, so that a producer never waits for a slot under
 /// the drop policies.
 const SLACK_SLOTS: u32 = 8;
@@ -64,6 +64,8 @@ const MAX_POOL_BYTES: u64 = 64 << 30;
 const INTAKE_BUDGET: u32 = 256;
 /// Frames read from one client's socket per round, at most.
 const FRAMES_PER_ROUND: u32 = 16;
+/// Busy rounds between two looks at sockets, commands and deadlines.
+const MAINTAIN_EVERY: u32 = 256;
 /// Idle rounds spent spinning, then yielding, before the hub sleeps.
 const SPIN_ROUNDS: u32 = 64;
 const YIELD_ROUNDS: u32 = 8;
@@ -122,11 +124,6 @@ impl HubHandle {
     /// Sends a command and wakes the hub. False if the hub is gone.
     pub(crate) fn send(&self, command: Command) -> bool {
         self.sender.send(command)
-    }
-
-    /// A clone of the command channel, for tasks that hand the hub new clients.
-    pub(crate) fn sender(&self) -> HubSender {
-        self.sender.clone()
     }
 
     /// Milliseconds since the hub's last round (for the watchdog).
@@ -311,6 +308,9 @@ struct Hub {
     // Reused buffers.
     tokens: Vec<u64>,
     keys: Vec<ClientId>,
+    plain: Vec<ClientId>,
+    group_names: Vec<String>,
+    members: Vec<u64>,
     hashes: Vec<u32>,
     shares: Vec<Vec<u32>>,
     frame: [u8; MAX_CLIENT_FRAME],
@@ -369,6 +369,9 @@ impl Hub {
             freed: Vec::new(),
             tokens: Vec::new(),
             keys: Vec::new(),
+            plain: Vec::new(),
+            group_names: Vec::new(),
+            members: Vec::new(),
             hashes: Vec::new(),
             shares: Vec::new(),
             frame: [0; MAX_CLIENT_FRAME],
@@ -382,35 +385,51 @@ impl Hub {
         loop {
             let busy = self.round();
             rounds = rounds.wrapping_add(1);
-            if !busy || rounds.is_multiple_of(64) {
-                heartbeat.store(clock_ms(epoch), Ordering::Relaxed);
-                self.events(Duration::ZERO);
-                let now = Instant::now();
-                if now.duration_since(last_house) >= HOUSEKEEPING {
-                    self.housekeeping(now);
-                    last_house = now;
-                }
-                if let Some((removed, deadline)) = self.stopping {
-                    if removed || now >= deadline || self.drained() {
-                        self.finish(removed);
-                        return;
-                    }
-                }
-            }
             if busy {
                 idle = 0;
+                // Sockets, commands and deadlines now and then, without a system call per
+                // round while batches flow.
+                if rounds.is_multiple_of(MAINTAIN_EVERY)
+                    && self.maintain(heartbeat, epoch, &mut last_house)
+                {
+                    return;
+                }
                 continue;
             }
             idle += 1;
             if idle <= SPIN_ROUNDS {
                 std::hint::spin_loop();
-            } else if idle <= SPIN_ROUNDS + YIELD_ROUNDS {
+                continue;
+            }
+            if idle <= SPIN_ROUNDS + YIELD_ROUNDS {
                 thread::yield_now();
-            } else {
-                idle = 0;
-                self.park();
+                continue;
+            }
+            idle = 0;
+            if self.maintain(heartbeat, epoch, &mut last_house) {
+                return;
+            }
+            self.park();
+        }
+    }
+
+    /// Reads sockets and commands, runs the deadlines, and ends a stopping hub: true when
+    /// the hub is done.
+    fn maintain(&mut self, heartbeat: &AtomicU64, epoch: Instant, last: &mut Instant) -> bool {
+        heartbeat.store(clock_ms(epoch), Ordering::Relaxed);
+        self.events(Duration::ZERO);
+        let now = Instant::now();
+        if now.duration_since(*last) >= HOUSEKEEPING {
+            self.housekeeping(now);
+            *last = now;
+        }
+        if let Some((removed, deadline)) = self.stopping {
+            if removed || now >= deadline || self.drained() {
+                self.finish(removed);
+                return true;
             }
         }
+        false
     }
 
     /// One pass over every ring; true when anything moved.
@@ -567,8 +586,14 @@ impl Hub {
         let (slots, slot_size) = pool_shape(&self.config);
         let id = ClientId(self.next_id());
         let pool = PoolId(self.next_id());
-        let end = match ProducerEnd::welcome(conn, id.0, self.info.clone(), pool.0, slots, slot_size)
-        {
+        let end = match ProducerEnd::welcome(
+            conn,
+            id.0,
+            self.info.clone(),
+            pool.0,
+            slots,
+            slot_size,
+        ) {
             Ok(end) => end,
             Err(e) => {
                 warn!(server = %self.name, pid = who.pid, error = %e, "welcoming a producer failed");
@@ -581,13 +606,7 @@ impl Hub {
         }
         end.set_index(self.index_flags());
         self.pools.insert(pool, Arc::clone(&end.pool), id);
-        let counters = self.board.add_producer(
-            id,
-            Identity {
-                pid: who.pid,
-                uid: who.uid,
-            },
-        );
+        let counters = self.board.add_producer(id, Identity { pid: who.pid });
         info!(server = %self.name, producer = %id, pid = who.pid, uid = who.uid, slots, "producer connected");
         self.producers.insert(
             id,
@@ -621,9 +640,7 @@ impl Hub {
                 return self.refuse(
                     &conn,
                     &who,
-                    format!(
-                        "invalid group name {g:?}: 1 to 64 letters, digits, '-', '_' or '.'"
-                    ),
+                    format!("invalid group name {g:?}: 1 to 64 letters, digits, '-', '_' or '.'"),
                 );
             }
         }
@@ -655,14 +672,9 @@ impl Hub {
             warn!(server = %self.name, error = %e, "cannot watch a subscriber");
             return;
         }
-        let (counters, group_counters) = self.board.add_subscriber(
-            id,
-            Identity {
-                pid: who.pid,
-                uid: who.uid,
-            },
-            group.clone(),
-        );
+        let (counters, group_counters) =
+            self.board
+                .add_subscriber(id, Identity { pid: who.pid }, group.clone());
         info!(server = %self.name, subscriber = %id, pid = who.pid, uid = who.uid, group = ?group, "subscriber connected");
         self.subscribers.insert(
             id,
@@ -905,10 +917,7 @@ impl Hub {
     fn give_back(&mut self) {
         let mut freed = std::mem::take(&mut self.freed);
         for (pool, slot) in freed.drain(..) {
-            let owner = self
-                .producers
-                .iter_mut()
-                .find(|(_, p)| p.pool == pool);
+            let owner = self.producers.iter_mut().find(|(_, p)| p.pool == pool);
             if let Some((&id, p)) = owner {
                 if let Err(e) = p.end.release(slot.0) {
                     self.cuts.push((id, Cut::Broken(e.to_string())));
@@ -970,7 +979,7 @@ impl Hub {
             && self.subscribers.values().all(|s| s.queue.is_empty())
     }
 
-    fn finish(self, removed: bool) {
+    fn finish(&self, removed: bool) {
         let (code, text) = stop_notice(removed, &self.name);
         for s in self.subscribers.values() {
             s.end.notice(code, &text);
@@ -1033,7 +1042,11 @@ mod tests {
         assert_eq!(pool_shape(&c).0, BLOCK_SLOTS);
         c.overflow = Overflow::DropOldest;
         c.max_batch_bytes = 1 << 30;
-        assert_eq!(pool_shape(&c).0, 64, "huge batches: the byte cap bounds the slots");
+        assert_eq!(
+            pool_shape(&c).0,
+            64,
+            "huge batches: the byte cap bounds the slots"
+        );
         assert!(selection_cap(16 << 20) >= (16 << 20) / 16);
         assert!(valid_group("ids-1.a_b"));
         assert!(!valid_group("") && !valid_group("a/b") && !valid_group(&"x".repeat(65)));

@@ -135,7 +135,11 @@ mod tests {
 
     fn pools_with(id: u64, slots: u32) -> Pools {
         let mut pools = Pools::default();
-        pools.insert(PoolId(id), crate::transport::ends::test_pool(id, slots), ClientId(7));
+        pools.insert(
+            PoolId(id),
+            crate::transport::ends::test_pool(id, slots),
+            ClientId(7),
+        );
         pools
     }
 
@@ -148,7 +152,11 @@ mod tests {
         assert!(pools.is_held(p, s));
         assert_eq!(pools.release(p, s), Unref::Held);
         assert_eq!(pools.release(p, s), Unref::Free(ClientId(7), s));
-        assert_eq!(pools.release(p, s), Unref::Held, "a release too many is ignored");
+        assert_eq!(
+            pools.release(p, s),
+            Unref::Held,
+            "a release too many is ignored"
+        );
         assert!(!pools.is_held(p, Slot(99)), "out of range is never held");
     }
 
@@ -163,6 +171,9 @@ mod tests {
         assert_eq!(pools.release(p, Slot(3)), Unref::Retire(p));
         assert_eq!(pools.len(), 0);
         let mut idle = pools_with(2, 4);
-        assert!(idle.producer_left(PoolId(2)), "nothing held: retired at once");
+        assert!(
+            idle.producer_left(PoolId(2)),
+            "nothing held: retired at once"
+        );
     }
 }
