@@ -50,8 +50,12 @@ use crate::transport::sock::Conn;
 use crate::transport::wire::{NoticeCode, WireInfo, MAX_CLIENT_FRAME};
 use crate::transport::TransportError;
 
-/// Batches a subscriber may hold delivered and unreleased: its ring's size.
-pub(crate) const WINDOW: u32 = 256;
+/// Batches a subscriber may hold delivered and unreleased (its ring's size) under
+/// `block`: large, so that a burst of the producer never waits for the hub to come round.
+pub(crate) const BLOCK_WINDOW: u32 = 256;
+/// The same under the drop policies: a stalled subscriber holds this many slots, and the
+/// pool leaves room for every subscriber's.
+pub(crate) const WINDOW: u32 = 64;
 /// Slots of a producer's pool under `block`: few, so that the batches in flight stay in
 /// cache (measured: at 1500 B, 16-64 slots in flight run nearly twice as fast as 256).
 const BLOCK_SLOTS: u32 = 256;
@@ -646,7 +650,11 @@ impl Hub {
         }
         let selects = group.is_some() && self.config.group_balance != GroupBalance::Batch;
         let layout = SubscriberLayout {
-            desc_cap: WINDOW,
+            desc_cap: if self.config.overflow == Overflow::Block {
+                BLOCK_WINDOW
+            } else {
+                WINDOW
+            },
             sel_cap: if selects {
                 selection_cap(self.config.max_batch_bytes)
             } else {
@@ -1037,7 +1045,14 @@ mod tests {
         let mut c = ServerConfig::default();
         let (slots, size) = pool_shape(&c);
         assert_eq!(size as usize, c.max_batch_bytes);
-        assert_eq!(slots, 256 + 64 * 64 + 8);
+        assert_eq!(
+            u64::from(slots),
+            (64 << 30) / (16 << 20),
+            "capped at 64 GiB"
+        );
+        c.max_batch_bytes = 1 << 20;
+        assert_eq!(pool_shape(&c).0, 256 + 64 * 64 + 8);
+        c.max_batch_bytes = 16 << 20;
         c.overflow = Overflow::Block;
         assert_eq!(pool_shape(&c).0, BLOCK_SLOTS);
         c.overflow = Overflow::DropOldest;
