@@ -10,7 +10,6 @@
 //!   and a subscriber of the daemon `packet-ipcd`, for tests.
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -82,14 +81,6 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Connect to a server of the daemon as a producer and as a subscriber, once per
-    /// attack, and write bytes that do not follow ipc-channel's framing (or carry
-    /// descriptors that do not belong) straight onto the connection's sockets; print one
-    /// JSON line per connection (a test of the daemon's defences; Linux only).
-    HostileRaw {
-        /// The server's name.
-        server: String,
-    },
     /// Create a server, print its name, and send generated packets to its client.
     Serve {
         #[command(flatten)]
@@ -133,7 +124,6 @@ fn main() -> ExitCode {
             out,
         ),
         Cmd::Serve { gen, abort_after } => serve(gen, abort_after),
-        Cmd::HostileRaw { server } => hostile_raw(&server),
         Cmd::Produce {
             server,
             gen,
@@ -327,167 +317,6 @@ fn write_kept(out: Option<PathBuf>, kept: &[Packet]) -> AnyResult {
         let mut buf = Vec::new();
         packet_ipc::batch::encode(kept, 0, 0, &mut buf)?;
         std::fs::write(path, buf)?;
-    }
-    Ok(())
-}
-
-fn socket_fds() -> std::collections::BTreeSet<i32> {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| {
-            d.flatten()
-                .filter(|e| {
-                    std::fs::read_link(e.path())
-                        .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
-                })
-                .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Bytes below ipc-channel's framing, and what to attach to them.
-struct RawAttack {
-    name: &'static str,
-    bytes: Vec<u8>,
-    /// Descriptors attached to each message: a socket, or `/dev/null` many times.
-    attach: Attach,
-}
-
-#[derive(Clone, Copy)]
-enum Attach {
-    Nothing,
-    Socket,
-    /// 1000 descriptors, in four messages (a message carries at most 253).
-    Thousand,
-}
-
-/// `body` framed as ipc-channel frames a message sent in one piece: its fragment size
-/// (header included) and total size (header excluded), native `usize`s, then the body.
-fn ipc_framed(fragment: usize, total: usize, body: &[u8]) -> Vec<u8> {
-    let mut m = Vec::new();
-    m.extend_from_slice(&fragment.to_ne_bytes());
-    m.extend_from_slice(&total.to_ne_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
-fn raw_attacks() -> Vec<RawAttack> {
-    let body = b"garbage!";
-    let honest = 16 + body.len();
-    let attack = |name, bytes, attach| RawAttack {
-        name,
-        bytes,
-        attach,
-    };
-    vec![
-        // ipc-channel would wait for a channel carrying the rest (and unwrap its absence).
-        attack(
-            "total beyond the fragment",
-            ipc_framed(honest, 1000, body),
-            Attach::Nothing,
-        ),
-        // ipc-channel would block on the socket for the rest of the fragment.
-        attack(
-            "fragment beyond the message",
-            ipc_framed(4096, 4080, body),
-            Attach::Nothing,
-        ),
-        // ipc-channel would try to reserve it.
-        attack(
-            "a total of 2^60 bytes",
-            ipc_framed(honest, 1 << 60, body),
-            Attach::Nothing,
-        ),
-        attack(
-            "random bytes",
-            (0..61u32)
-                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-                .collect(),
-            Attach::Nothing,
-        ),
-        // ipc-channel would take it for a channel and drop it unused.
-        attack(
-            "a socket attached",
-            ipc_framed(honest, body.len(), body),
-            Attach::Socket,
-        ),
-        attack(
-            "a thousand descriptors",
-            ipc_framed(honest, body.len(), body),
-            Attach::Thousand,
-        ),
-    ]
-}
-
-/// Writes `attack` on `fd` (without waiting); true if something was written.
-fn write_attack(fd: i32, attack: &RawAttack) -> bool {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let (socket, _peer) = match nix::sys::socket::socketpair(
-        nix::sys::socket::AddressFamily::Unix,
-        nix::sys::socket::SockType::SeqPacket,
-        None,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-    ) {
-        Ok(pair) => pair,
-        Err(_) => return false,
-    };
-    let null = match std::fs::File::open("/dev/null") {
-        Ok(f) => f,
-        Err(_) => return false,
-    };
-    let (fds, messages) = match attack.attach {
-        Attach::Nothing => (vec![], 1),
-        Attach::Socket => (vec![socket.as_raw_fd()], 1),
-        Attach::Thousand => (vec![null.as_raw_fd(); 250], 4),
-    };
-    let iov = [std::io::IoSlice::new(&attack.bytes)];
-    let rights = [ControlMessage::ScmRights(&fds)];
-    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
-    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-    (0..messages)
-        .filter(|_| sendmsg::<()>(fd, &iov, cmsgs, flags, None).is_ok())
-        .count()
-        > 0
-}
-
-/// Connects as a producer and as a subscriber once per attack, writes the attack on
-/// every socket of that connection, and reports whether the daemon cut it off.
-fn hostile_raw(server: &str) -> AnyResult {
-    use packet_ipc::broker::testing::{HostileProducer, HostileSubscriber};
-    let wait = Duration::from_secs(10);
-    for attack in raw_attacks() {
-        for role in ["producer", "subscriber"] {
-            let before = socket_fds();
-            let (id, mut producer, mut subscriber) = if role == "producer" {
-                let p = HostileProducer::connect(server, &options(0))?;
-                (p.id(), Some(p), None)
-            } else {
-                let s = HostileSubscriber::connect(server, &options(0))?;
-                (s.id(), None, Some(s))
-            };
-            let written = socket_fds()
-                .difference(&before)
-                .filter(|&&fd| write_attack(fd, &attack))
-                .count();
-            let reason = if let Some(p) = producer.as_mut() {
-                p.cut_off(wait).unwrap_or_else(|e| Some(e.to_string()))
-            } else if let Some(s) = subscriber.as_mut() {
-                s.cut_off(wait).unwrap_or_else(|e| Some(e.to_string()))
-            } else {
-                None
-            };
-            println!(
-                "{}",
-                serde_json::json!({
-                    "attack": attack.name,
-                    "role": role,
-                    "id": id,
-                    "sockets_written": written,
-                    "cut_off": reason,
-                })
-            );
-            std::io::stdout().flush()?;
-        }
     }
     Ok(())
 }

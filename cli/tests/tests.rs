@@ -7,7 +7,7 @@
 mod access;
 mod broker;
 mod cli;
-// mod hostile;
+mod hostile;
 mod p2p;
 mod reliability;
 mod util;

@@ -97,6 +97,29 @@ impl HostileProducer {
         self.wake()
     }
 
+    /// Tries to shrink its region and its pool to nothing (what would make every process
+    /// that maps them die of `SIGBUS`, were they not sealed): the errors, one per memory.
+    pub fn truncate(&mut self) -> Result<Vec<std::io::Error>> {
+        let link = self.link()?;
+        Ok(link
+            .memory()
+            .iter()
+            .filter_map(|fd| {
+                nix::unistd::ftruncate(fd, 0)
+                    .err()
+                    .map(std::io::Error::from)
+            })
+            .collect())
+    }
+
+    /// Writes pseudo-random bytes over its whole region: heads, tails, flags, rings.
+    pub fn scribble(&mut self, seed: u64) -> Result<()> {
+        let link = self.link()?;
+        let (region, _, _, _) = link.raw();
+        scribble(region.mapping(), seed);
+        self.wake()
+    }
+
     /// Sends a wake-up frame whether the daemon sleeps or not.
     fn wake(&mut self) -> Result<()> {
         let mut frame = Vec::new();
@@ -139,6 +162,40 @@ impl HostileProducer {
     }
 }
 
+/// A client that connects and then never says it is ready (nor anything else).
+pub struct SilentClient {
+    _connected: crate::connect::Connected,
+}
+
+impl SilentClient {
+    /// Connects to `server` as a producer or a subscriber, and stays silent.
+    pub fn connect(server: &str, producer: bool, options: &ConnectOptions) -> Result<SilentClient> {
+        let role = if producer {
+            crate::connect::Role::Producer
+        } else {
+            crate::connect::Role::Subscriber
+        };
+        Ok(SilentClient {
+            _connected: crate::connect::connect_once(server, role, options)?,
+        })
+    }
+}
+
+/// Fills `map` with bytes from a splitmix64 generator.
+fn scribble(map: &crate::transport::memfd::Mapping, seed: u64) {
+    let mut x = seed;
+    for off in (0..map.len()).step_by(8) {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        // SAFETY: within the mapping (off + 8 <= len, the length is a multiple of the
+        // page size); the region is shared memory written on purpose by a test.
+        unsafe { (map.as_ptr().add(off) as *mut u64).write_unaligned(z) };
+    }
+}
+
 fn tempfile_fd() -> Result<std::fs::File> {
     std::fs::File::open("/dev/null").map_err(|e| {
         Error::Transport(crate::TransportError::Io {
@@ -172,6 +229,20 @@ impl HostileSubscriber {
             crate::Received::Batch(b) => Ok(Some(b)),
             _ => Ok(None),
         }
+    }
+
+    /// Writes pseudo-random bytes over its whole region: heads, tails, flags, rings.
+    pub fn scribble(&mut self, seed: u64) -> Result<()> {
+        let link = self
+            .subscriber
+            .link_mut()
+            .ok_or_else(|| Error::Spool("not connected".into()))?;
+        let (region, conn) = link.raw();
+        scribble(region.mapping(), seed);
+        let mut frame = Vec::new();
+        crate::transport::wire::wake(&mut frame);
+        let _ = conn.send(&frame, &[]);
+        Ok(())
     }
 
     /// Moves its ring's tail to `tail` (batches it says it released).

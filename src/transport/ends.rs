@@ -314,6 +314,14 @@ impl ProducerEnd {
     }
 }
 
+impl Drop for ProducerEnd {
+    fn drop(&mut self) {
+        // What the producer sent and the daemon did not read would reset the connection
+        // on close, and the producer would miss the notice telling it why.
+        self.conn.drain();
+    }
+}
+
 /// The daemon's end of a subscriber.
 pub(crate) struct SubscriberEnd {
     /// The subscriber's socket (non-blocking).
@@ -450,6 +458,12 @@ impl SubscriberEnd {
         self.region.flags().fetch_or(FLAG_NOTICE, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         self.region.bell().ring();
+    }
+}
+
+impl Drop for SubscriberEnd {
+    fn drop(&mut self) {
+        self.conn.drain();
     }
 }
 

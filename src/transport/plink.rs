@@ -62,6 +62,9 @@ pub(crate) struct ProducerLink {
     conn: Conn,
     region: ProducerRegion,
     pool: Mapping,
+    /// The region's and the pool's descriptors (sealed: nobody can shrink them; kept so
+    /// that the memory is the daemon's as long as the link lives).
+    memory: [OwnedFd; 2],
     slots: u32,
     slot_size: usize,
     /// Free slots, the most recently freed last (taken first).
@@ -122,6 +125,7 @@ impl ProducerLink {
             id,
             info,
             conn,
+            memory: [region_fd, pool_fd],
             desc_head: region.desc_head().load(Ordering::Relaxed),
             rel_tail: region.rel_tail().load(Ordering::Relaxed),
             region,
@@ -373,6 +377,12 @@ impl ProducerLink {
     #[cfg(feature = "daemon")]
     pub(crate) fn notice_now(&mut self) -> Result<Option<ProducerNotice>, TransportError> {
         self.read_socket()
+    }
+
+    /// Testing: the descriptors of the producer's region and pool.
+    #[cfg(feature = "daemon")]
+    pub(crate) fn memory(&self) -> &[OwnedFd; 2] {
+        &self.memory
     }
 
     /// Testing: the producer's region and pool, to write what the library never would.

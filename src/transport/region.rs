@@ -258,6 +258,12 @@ impl ProducerRegion {
         })
     }
 
+    /// The mapping (tests write into it what a hostile producer would).
+    #[cfg(feature = "daemon")]
+    pub(crate) fn mapping(&self) -> &Mapping {
+        &self.words.map
+    }
+
     /// Its sizes.
     pub(crate) fn layout(&self) -> ProducerLayout {
         self.layout
@@ -370,6 +376,12 @@ impl SubscriberRegion {
             words: Words { map },
             layout,
         })
+    }
+
+    /// The mapping (tests write into it what a hostile subscriber would).
+    #[cfg(feature = "daemon")]
+    pub(crate) fn mapping(&self) -> &Mapping {
+        &self.words.map
     }
 
     /// Its sizes.

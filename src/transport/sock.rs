@@ -311,6 +311,22 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Reads and discards what the peer sent and nobody read, without waiting (at most a
+    /// bounded number of frames). A socket closed with unread data resets the connection,
+    /// and the peer would then lose what was sent to it before (a last notice).
+    pub(crate) fn drain(&self) {
+        let mut buf = [0u8; 256];
+        for _ in 0..1024 {
+            let mut fds = Vec::new();
+            match self.recv(&mut buf, &mut fds, Duration::ZERO) {
+                Ok(Recv::Message(_)) | Ok(Recv::Oversized) => {}
+                _ => return,
+            }
+        }
+    }
+}
+
 impl AsFd for Conn {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
