@@ -341,19 +341,18 @@ fn write_header(
     out[36..40].copy_from_slice(&flags.to_le_bytes());
 }
 
-#[inline]
+// One bounds check and one load each (indexing byte by byte checks every byte).
+#[inline(always)]
 fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
+    u16::from_le_bytes(b[at..at + 2].try_into().expect("two bytes"))
 }
-#[inline]
+#[inline(always)]
 fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("four bytes"))
 }
-#[inline]
+#[inline(always)]
 fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut v = [0u8; 8];
-    v.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(v)
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("eight bytes"))
 }
 
 /// The fixed header of a batch, checked.
@@ -560,27 +559,42 @@ impl<'a> IntoIterator for &BatchView<'a> {
 
 /// Reads the record at `off`: returns (caplen, offset of the next record) when it lies
 /// within `bytes`.
+///
+/// No addition here can overflow: `off` is at most `bytes.len()` (else `get` fails), a
+/// slice is shorter than `isize::MAX`, and `caplen` is a `u32`.
 #[inline]
 fn next_record(bytes: &[u8], off: usize) -> Option<(usize, usize)> {
-    let head_end = off.checked_add(RECORD_HEAD_LEN)?;
-    if head_end > bytes.len() {
+    if off > bytes.len() {
         return None;
     }
-    let caplen = u32_at(bytes, off + 8) as usize;
-    let next = head_end.checked_add(pad8(caplen))?;
+    let head: &[u8; RECORD_HEAD_LEN] = bytes.get(off..off + RECORD_HEAD_LEN)?.try_into().ok()?;
+    let caplen = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
+    let next = off + RECORD_HEAD_LEN + pad8(caplen);
     (next <= bytes.len()).then_some((caplen, next))
 }
 
 /// The packet of the record at `off` and the offset of the next record, if it lies within
 /// `bytes`. Each value is read once, so bytes that change under the reader cannot turn
-/// into a read out of bounds.
-#[inline]
+/// into a read out of bounds: one check of the head, one of the data.
+#[inline(always)]
 fn read_record(bytes: &[u8], off: usize) -> Option<(PacketRef<'_>, usize)> {
-    let (caplen, next) = next_record(bytes, off)?;
-    let ts_nanos = u64_at(bytes, off);
-    let orig_len = u32_at(bytes, off + 12);
+    if off > bytes.len() {
+        return None;
+    }
+    // No overflow below: see `next_record`.
+    let head: &[u8; RECORD_HEAD_LEN] = bytes.get(off..off + RECORD_HEAD_LEN)?.try_into().ok()?;
+    let ts_nanos = u64::from_le_bytes([
+        head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7],
+    ]);
+    let caplen = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
+    let orig_len = u32::from_le_bytes([head[12], head[13], head[14], head[15]]);
     let data_at = off + RECORD_HEAD_LEN;
-    let data = &bytes[data_at..data_at + caplen];
+    let next = data_at + pad8(caplen);
+    if next > bytes.len() {
+        return None;
+    }
+    // Within `bytes`: data_at + caplen <= next <= len.
+    let data = bytes.get(data_at..data_at + caplen)?;
     Some((PacketRef::new(ts_nanos, orig_len, data), next))
 }
 

@@ -30,6 +30,16 @@ pub struct BenchArgs {
     /// Batches in the latency phase.
     #[arg(long, default_value_t = 2000)]
     latency_batches: u32,
+    /// The subscribers are the N members of one group, balanced by flow (flow-shaped
+    /// traffic is sent).
+    #[arg(long, value_name = "N")]
+    group: Option<usize>,
+    /// Every subscriber applies this tcpdump filter (flow-shaped traffic is sent).
+    #[arg(long, value_name = "EXPR")]
+    filter: Option<String>,
+    /// How subscribers wait: adaptive, spin or park.
+    #[arg(long, value_name = "MODE")]
+    wait: Option<packet_ipc::WaitMode>,
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     json: bool,
@@ -42,6 +52,15 @@ pub struct ChildArgs {
     role: String,
     /// The rendezvous file (subscriber) or the server name (baseline).
     arg: String,
+    /// Subscriber: join this group.
+    #[arg(long)]
+    group: Option<String>,
+    /// Subscriber: this filter.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Subscriber: this wait mode.
+    #[arg(long)]
+    wait: Option<packet_ipc::WaitMode>,
 }
 
 fn failure(e: impl std::fmt::Display) -> Failure {
@@ -60,13 +79,28 @@ fn daemon_binary() -> PathBuf {
 pub fn run(args: BenchArgs) -> Outcome {
     let exe = std::env::current_exe().map_err(failure)?;
     let options = BenchOptions {
-        subscribers: args.subscribers,
+        subscribers: args.group.unwrap_or(args.subscribers),
         packet_size: args.packet_size,
         batch: args.batch,
         seconds: args.seconds,
         latency_rate: args.latency_rate,
         latency_batches: args.latency_batches,
+        group: args.group.is_some(),
+        filter: args.filter,
+        wait: args.wait,
     };
+    options
+        .check()
+        .map_err(|e| Failure::new(exit::USAGE, format!("bench: {e}")))?;
+    if let Some(expr) = &options.filter {
+        packet_ipc::libpcap::Filter::compile(expr, 1, 65535).map_err(|e| {
+            let code = match e {
+                packet_ipc::libpcap::FilterError::Invalid { .. } => exit::USAGE,
+                _ => exit::UNAVAILABLE,
+            };
+            Failure::new(code, format!("bench: {e}"))
+        })?;
+    }
     let program = || {
         let mut c = Command::new(&exe);
         c.arg("bench-child");
@@ -84,7 +118,15 @@ pub fn run(args: BenchArgs) -> Outcome {
 /// Runs one of the bench's child roles.
 pub fn child(args: ChildArgs) -> Outcome {
     match args.role.as_str() {
-        "subscriber" => bench::subscriber_main(args.arg.as_ref()).map_err(failure),
+        "subscriber" => bench::subscriber_main(
+            args.arg.as_ref(),
+            bench::SubscriberOptions {
+                group: args.group,
+                filter: args.filter,
+                wait: args.wait,
+            },
+        )
+        .map_err(failure),
         "baseline" => bench::baseline_child(&args.arg).map_err(failure),
         other => Err(Failure::new(
             exit::USAGE,

@@ -15,7 +15,17 @@
 //!
 //! The subscriber processes are this same program run as [`subscriber_main`]; the
 //! baseline child runs [`baseline_child`]. The first byte of a batch's first packet says
-//! which phase it belongs to.
+//! which phase it belongs to (read from the whole batch, so that a filtered subscriber or
+//! a group member sees it too).
+//!
+//! With `group`, the subscribers are the members of one group (each gets its share of the
+//! flows); with `filter`, each applies the filter. Both send flow-shaped IPv4/IPv6
+//! TCP/UDP traffic ([`crate::traffic::flow_shaped`]), so that the hash and the filter have
+//! something to work on.
+//!
+//! The CPU time of each role is read from the kernel (`/proc/PID/task/*/schedstat`, in
+//! nanoseconds) at the start and the end of the throughput phase, and the machine's idle
+//! share from `/proc/stat`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -25,7 +35,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::baseline;
-use packet_ipc::{AsIpcPacket, ConnectOptions, Producer, Subscriber};
+use packet_ipc::batch::BatchView;
+use packet_ipc::{AsIpcPacket, ConnectOptions, Producer, Received, Subscriber, WaitMode};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -52,6 +63,12 @@ pub struct BenchOptions {
     pub latency_rate: u32,
     /// Batches in the latency phase.
     pub latency_batches: u32,
+    /// The subscribers are the members of one group (balanced by flow).
+    pub group: bool,
+    /// Every subscriber applies this filter.
+    pub filter: Option<String>,
+    /// How subscribers wait (`None`: the server's default).
+    pub wait: Option<WaitMode>,
 }
 
 impl Default for BenchOptions {
@@ -63,7 +80,48 @@ impl Default for BenchOptions {
             seconds: 5.0,
             latency_rate: 1000,
             latency_batches: 2000,
+            group: false,
+            filter: None,
+            wait: None,
         }
+    }
+}
+
+impl BenchOptions {
+    /// Checks the sizes: a usage error (one line) when one is out of range.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=65535).contains(&self.packet_size) {
+            return Err(format!(
+                "--packet-size {} is out of range (1 to 65535)",
+                self.packet_size
+            ));
+        }
+        if !(1..=65536).contains(&self.batch) {
+            return Err(format!(
+                "--batch {} is out of range (1 to 65536)",
+                self.batch
+            ));
+        }
+        if !(1..=1024).contains(&self.subscribers) {
+            return Err(format!(
+                "--subscribers {} is out of range (1 to 1024)",
+                self.subscribers
+            ));
+        }
+        if !(self.seconds > 0.0 && self.seconds <= 3600.0) {
+            return Err(format!(
+                "--seconds {} is out of range (above 0, at most 3600)",
+                self.seconds
+            ));
+        }
+        let batch_bytes = self.batch * packet_ipc::batch::record_len(self.packet_size);
+        if batch_bytes > 1 << 30 {
+            return Err(format!(
+                "--batch {} of --packet-size {} makes batches of {batch_bytes} bytes, over 1 GiB",
+                self.batch, self.packet_size
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -104,6 +162,26 @@ pub struct BenchReport {
     pub batch: usize,
     /// Length of the throughput phase, s.
     pub seconds: f64,
+    /// The subscribers were the members of one group.
+    pub group: bool,
+    /// The subscribers' filter.
+    pub filter: Option<String>,
+    /// Packets per second the filter kept, summed over subscribers.
+    pub matched_pps: f64,
+    /// CPU time of the producer during the throughput phase, % of one core.
+    pub cpu_percent_producer: f64,
+    /// CPU time of the daemon, % of one core.
+    pub cpu_percent_daemon: f64,
+    /// CPU time of all subscribers, % of one core.
+    pub cpu_percent_subscribers: f64,
+    /// The producer's CPU time per delivered packet, ns.
+    pub ns_per_packet_producer: f64,
+    /// The daemon's CPU time per delivered packet, ns.
+    pub ns_per_packet_daemon: f64,
+    /// The subscribers' CPU time per delivered packet, ns.
+    pub ns_per_packet_subscribers: f64,
+    /// The machine's idle share during the throughput phase, %.
+    pub idle_percent: f64,
 }
 
 impl BenchReport {
@@ -115,8 +193,20 @@ impl BenchReport {
         line(
             "setup",
             format!(
-                "{} subscribers, {} B packets, {} per batch, {:.1} s, overflow = block",
-                r.subscribers, r.packet_size, r.batch, r.seconds
+                "{} {}, {} B packets, {} per batch, {:.1} s, overflow = block{}",
+                r.subscribers,
+                if r.group {
+                    "members of one group"
+                } else {
+                    "subscribers"
+                },
+                r.packet_size,
+                r.batch,
+                r.seconds,
+                r.filter
+                    .as_deref()
+                    .map(|f| format!(", filter {f:?}"))
+                    .unwrap_or_default()
             ),
         );
         line(
@@ -137,6 +227,25 @@ impl BenchReport {
             ),
         );
         line("producer", format!("{:.1} Mpps", r.producer_pps / 1e6));
+        if r.filter.is_some() {
+            line(
+                "kept by the filter",
+                format!("{:.1} Mpps", r.matched_pps / 1e6),
+            );
+        }
+        line(
+            "CPU, % of a core (ns/packet)",
+            format!(
+                "producer {:.0}% ({:.1}), daemon {:.0}% ({:.1}), subscribers {:.0}% ({:.1})",
+                r.cpu_percent_producer,
+                r.ns_per_packet_producer,
+                r.cpu_percent_daemon,
+                r.ns_per_packet_daemon,
+                r.cpu_percent_subscribers,
+                r.ns_per_packet_subscribers
+            ),
+        );
+        line("idle", format!("{:.1}% of the machine", r.idle_percent));
         line(
             "latency, paced (p50 / p99)",
             format!(
@@ -236,7 +345,10 @@ fn memcpy_gbps() -> f64 {
 /// What one subscriber measured.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct SubscriberReport {
+    /// Packets of the stream this subscriber went through (before its filter).
     packets: u64,
+    /// Packets its filter kept.
+    matched: u64,
     bytes: u64,
     /// Monotonic ns of the first and last throughput batch received.
     first_ns: u64,
@@ -278,12 +390,28 @@ impl Reservoir {
     }
 }
 
+/// How a bench subscriber connects.
+#[derive(Clone, Debug, Default)]
+pub struct SubscriberOptions {
+    /// The group it joins.
+    pub group: Option<String>,
+    /// Its filter.
+    pub filter: Option<String>,
+    /// How it waits.
+    pub wait: Option<WaitMode>,
+}
+
 /// The subscriber process of the bench: says `ready` on stdout once subscribed, reads
-/// every packet until the end marker, then prints its figures as one JSON line.
-pub fn subscriber_main(rendezvous: &Path) -> Result<(), BoxError> {
+/// every packet until the end marker (or, for a group member or a filtered subscriber that
+/// may never see it, until the stream has been quiet for two seconds), then prints its
+/// figures as one JSON line.
+pub fn subscriber_main(rendezvous: &Path, how: SubscriberOptions) -> Result<(), BoxError> {
     let options = ConnectOptions {
         rendezvous: Some(rendezvous.to_owned()),
         reconnect_wait: Duration::ZERO,
+        group: how.group,
+        filter: how.filter,
+        wait: how.wait,
         ..ConnectOptions::default()
     };
     let mut sub = Subscriber::connect_with(SERVER, options)?;
@@ -294,9 +422,24 @@ pub fn subscriber_main(rendezvous: &Path) -> Result<(), BoxError> {
     let mut saturated = Reservoir::new(std::process::id() as u64);
     let mut paced = Reservoir::new(!(std::process::id() as u64));
     let mut touched = 0u8;
-    while let Some(batch) = sub.recv()? {
+    let mut seen = false;
+    loop {
+        let wait = if seen {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(3600)
+        };
+        let batch = match sub.recv_timeout(wait)? {
+            Received::Batch(b) => b,
+            Received::Timeout | Received::End => break,
+        };
+        seen = true;
         let now = monotonic_nanos();
-        let Some(first) = batch.iter().next() else {
+        // The phase and the send time are in the batch's first packet, whoever gets it.
+        let Some(first) = BatchView::unchecked(batch.as_bytes())
+            .ok()
+            .and_then(|v| v.iter().next())
+        else {
             continue;
         };
         let phase = first.bytes().first().copied().unwrap_or(PHASE_END);
@@ -312,11 +455,13 @@ pub fn subscriber_main(rendezvous: &Path) -> Result<(), BoxError> {
             bytes += d.len() as u64;
         }
         if phase == PHASE_THROUGHPUT {
+            let through = sub.filtered_out() + report.matched + batch.len() as u64;
             if report.packets == 0 {
                 report.first_ns = now;
             }
             report.last_ns = now;
-            report.packets += batch.len() as u64;
+            report.matched += batch.len() as u64;
+            report.packets = through;
             report.bytes += bytes;
             saturated.add(latency_us);
         } else {
@@ -386,20 +531,31 @@ pub fn run(
     program: &dyn Fn() -> Command,
     daemon: &Path,
 ) -> Result<BenchReport, BoxError> {
-    if options.packet_size == 0 || options.batch == 0 || options.subscribers == 0 {
-        return Err("--packet-size, --batch and --subscribers must be at least 1".into());
-    }
-    // Source packets: a ring of distinct packets, 64 batches' worth.
+    options.check()?;
+    // Source packets: a ring of distinct packets, 64 batches' worth; flows of IPv4 and
+    // IPv6 TCP and UDP when a group or a filter needs them.
     let ring = 64 * options.batch;
-    let mut source: Vec<SourcePacket> = (0..ring)
-        .map(|i| SourcePacket {
-            ts: SystemTime::UNIX_EPOCH,
-            nanos: 0,
-            data: (0..options.packet_size)
-                .map(|k| (i.wrapping_mul(31) + k) as u8 | 0x10)
-                .collect(),
-        })
-        .collect();
+    let shaped = options.group || options.filter.is_some();
+    let mut source: Vec<SourcePacket> = if shaped {
+        crate::traffic::flow_shaped(7, options.packet_size, ring)
+            .into_iter()
+            .map(|p| SourcePacket {
+                ts: SystemTime::UNIX_EPOCH,
+                nanos: 0,
+                data: p.into_data(),
+            })
+            .collect()
+    } else {
+        (0..ring)
+            .map(|i| SourcePacket {
+                ts: SystemTime::UNIX_EPOCH,
+                nanos: 0,
+                data: (0..options.packet_size)
+                    .map(|k| (i.wrapping_mul(31) + k) as u8 | 0x10)
+                    .collect(),
+            })
+            .collect()
+    };
     for p in source.iter_mut().step_by(options.batch) {
         p.data[0] = PHASE_THROUGHPUT;
     }
@@ -430,7 +586,7 @@ pub fn run(
         &config,
         format!(
             "[servers.{SERVER}]\noverflow = \"block\"\nqueue-depth = 64\n\
-             max-subscribers = {}\nmax-batch-bytes = {max_batch}\n",
+             max-subscribers = {}\nmax-batch-bytes = {max_batch}\nsnaplen = 65535\n",
             options.subscribers + 1
         ),
     )?;
@@ -463,11 +619,18 @@ pub fn run(
     // Subscribers, each ready before anything is sent.
     let mut subs = Vec::new();
     for _ in 0..options.subscribers {
-        let mut child = program()
-            .arg("subscriber")
-            .arg(&rendezvous)
-            .stdout(Stdio::piped())
-            .spawn()?;
+        let mut command = program();
+        command.arg("subscriber").arg(&rendezvous);
+        if options.group {
+            command.args(["--group", "bench"]);
+        }
+        if let Some(f) = &options.filter {
+            command.args(["--filter", f]);
+        }
+        if let Some(w) = options.wait {
+            command.args(["--wait", w.as_str()]);
+        }
+        let mut child = command.stdout(Stdio::piped()).spawn()?;
         let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?);
         let mut line = String::new();
         lines.read_line(&mut line)?;
@@ -486,8 +649,18 @@ pub fn run(
         },
     )?;
     let batches = source.len() / options.batch;
+    let sub_pids: Vec<u32> = subs
+        .iter()
+        .filter_map(|(c, _)| c.0.as_ref().map(Child::id))
+        .collect();
+    let me = std::process::id();
+    let cpu = |pids: &[u32]| pids.iter().map(|&p| cpu_ns(p)).sum::<u64>();
 
     // Throughput, flat out.
+    let (cpu0, idle0) = (
+        (cpu(&[me]), cpu(&[daemon_pid]), cpu(&sub_pids)),
+        idle_jiffies(),
+    );
     let start = Instant::now();
     let limit = Duration::from_secs_f64(options.seconds);
     let mut sent = 0u64;
@@ -499,7 +672,12 @@ pub fn run(
         sent += options.batch as u64;
         i = (i + 1) % batches;
     }
-    let producer_pps = sent as f64 / start.elapsed().as_secs_f64();
+    let elapsed = start.elapsed().as_secs_f64();
+    let (cpu1, idle1) = (
+        (cpu(&[me]), cpu(&[daemon_pid]), cpu(&sub_pids)),
+        idle_jiffies(),
+    );
+    let producer_pps = sent as f64 / elapsed;
 
     // Latency, paced.
     let period = Duration::from_secs_f64(1.0 / f64::from(options.latency_rate.max(1)));
@@ -552,6 +730,29 @@ pub fn run(
         })
         .collect();
     let delivered_pps: f64 = rates.iter().sum();
+    let matched_pps: f64 = reports
+        .iter()
+        .zip(&rates)
+        .map(|(r, rate)| {
+            if r.packets > 0 {
+                rate * r.matched as f64 / r.packets as f64
+            } else {
+                0.0
+            }
+        })
+        .sum();
+    let delivered = delivered_pps * elapsed;
+    let share = |ns: u64| ns as f64 / 1e9 / elapsed * 100.0;
+    let per_packet = |ns: u64| ns as f64 / delivered.max(1.0);
+    let (producer_ns, daemon_ns, subs_ns) = (
+        cpu1.0.saturating_sub(cpu0.0),
+        cpu1.1.saturating_sub(cpu0.1),
+        cpu1.2.saturating_sub(cpu0.2),
+    );
+    let idle_percent = match (idle0, idle1) {
+        (Some((i0, t0)), Some((i1, t1))) if t1 > t0 => (i1 - i0) as f64 / (t1 - t0) as f64 * 100.0,
+        _ => 0.0,
+    };
     let mut paced: Vec<f64> = reports.iter().flat_map(|r| r.paced_us.clone()).collect();
     let mut saturated: Vec<f64> = reports
         .iter()
@@ -575,7 +776,43 @@ pub fn run(
         packet_size: options.packet_size,
         batch: options.batch,
         seconds: options.seconds,
+        group: options.group,
+        filter: options.filter.clone(),
+        matched_pps,
+        cpu_percent_producer: share(producer_ns),
+        cpu_percent_daemon: share(daemon_ns),
+        cpu_percent_subscribers: share(subs_ns),
+        ns_per_packet_producer: per_packet(producer_ns),
+        ns_per_packet_daemon: per_packet(daemon_ns),
+        ns_per_packet_subscribers: per_packet(subs_ns),
+        idle_percent,
     })
+}
+
+/// CPU time of every thread of process `pid` so far, ns (0 when it is gone).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The machine's idle and total time so far (jiffies), from `/proc/stat`.
+fn idle_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+    Some((idle, fields.iter().take(8).sum()))
 }
 
 #[cfg(test)]
