@@ -138,22 +138,31 @@ pub fn default_subject(server: &str) -> String {
 }
 
 /// A server name as one NATS subject token (or consumer name): every byte that is not
-/// allowed or not safe there — `.`, `*`, `>`, `/`, `\`, whitespace, control and non-ASCII
-/// bytes — and `%` itself become `%XX` (two upper-case hex digits, the byte's value), as
-/// in URLs. `lo.0` → `lo%2E0`; the mapping is one to one, so two servers never share a
-/// subject. (An empty name, which no server has, becomes `%00`.)
+/// allowed or not safe there — `.`, `*`, `>`, `/`, `\\`, `%`, whitespace, control and
+/// non-ASCII bytes — becomes `_XX` (two upper-case hex digits, the byte's value), and so
+/// does a `_` that two such digits follow (so that the mapping stays one to one): `lo.0`
+/// → `lo_2E0`, `a_1F` → `a_5F1F`, `tap_0` stays `tap_0`. (`%` is escaped because
+/// nats-server 2.9 takes it for a format directive in a consumer's acknowledgement
+/// subject.) An empty name, which no server has, becomes `_00`.
 pub fn escape_token(name: &str) -> String {
+    let bytes = name.as_bytes();
     let mut out = String::with_capacity(name.len());
-    for &b in name.as_bytes() {
-        let keep = b.is_ascii_graphic() && !matches!(b, b'.' | b'*' | b'>' | b'/' | b'\\' | b'%');
-        if keep {
-            out.push(b as char);
+    for (i, &b) in bytes.iter().enumerate() {
+        let hex = |k: usize| {
+            bytes
+                .get(k)
+                .is_some_and(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c))
+        };
+        let unsafe_byte =
+            !b.is_ascii_graphic() || matches!(b, b'.' | b'*' | b'>' | b'/' | b'\\' | b'%');
+        if unsafe_byte || (b == b'_' && hex(i + 1) && hex(i + 2)) {
+            out.push_str(&format!("_{b:02X}"));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push(b as char);
         }
     }
     if out.is_empty() {
-        out.push_str("%00");
+        out.push_str("_00");
     }
     out
 }
@@ -297,19 +306,22 @@ mod tests {
     fn server_names_become_one_subject_token() {
         assert_eq!(escape_token("default"), "default");
         assert_eq!(escape_token("eth0_tap-1"), "eth0_tap-1");
-        assert_eq!(escape_token("lo.0"), "lo%2E0");
-        assert_eq!(escape_token("a*b>c"), "a%2Ab%3Ec");
-        assert_eq!(escape_token("a b\tc"), "a%20b%09c");
-        assert_eq!(escape_token("50%"), "50%25");
-        assert_eq!(escape_token("a/b\\c"), "a%2Fb%5Cc");
-        assert_eq!(escape_token("é"), "%C3%A9");
-        assert_eq!(escape_token(""), "%00");
-        // One to one: the escape of an escape differs from the escape of the original.
-        assert_ne!(escape_token("lo%2E0"), escape_token("lo.0"));
-        assert_eq!(default_subject("lo.0"), "packet-ipc.lo%2E0");
+        assert_eq!(escape_token("lo.0"), "lo_2E0");
+        assert_eq!(escape_token("a*b>c"), "a_2Ab_3Ec");
+        assert_eq!(escape_token("a b\tc"), "a_20b_09c");
+        assert_eq!(escape_token("50%"), "50_25");
+        assert_eq!(escape_token("a/b\\c"), "a_2Fb_5Cc");
+        assert_eq!(escape_token("é"), "_C3_A9");
+        assert_eq!(escape_token(""), "_00");
+        // One to one: an escape in the name is escaped again.
+        assert_eq!(escape_token("lo_2E0"), "lo_5F2E0");
+        assert_ne!(escape_token("lo_2E0"), escape_token("lo.0"));
+        assert_eq!(escape_token("a_2"), "a_2");
+        assert_eq!(escape_token("a_2g"), "a_2g");
+        assert_eq!(default_subject("lo.0"), "packet-ipc.lo_2E0");
         for name in ["x.y", "a b", "*", ">", "%", "tap.0 *>"] {
             let token = escape_token(name);
-            assert!(!token.contains(['.', '*', '>', ' ', '\t']), "{token}");
+            assert!(!token.contains(['.', '*', '>', ' ', '\t', '%']), "{token}");
         }
     }
 
