@@ -530,6 +530,87 @@ fn bridge_import_refuses_another_link_type() {
 }
 
 #[test]
+fn bridge_import_reports_messages_aged_out_while_it_was_away() {
+    if !have_nats("bridge gap report") {
+        return;
+    }
+    let nats = Nats::start(None);
+    let url = nats.url();
+    let (a, b) = hosts();
+    // A stream of its own, for this subject only, that keeps about 6 one-batch messages.
+    let export = bridge(
+        &a,
+        &[
+            "export",
+            "tap.0",
+            "--nats",
+            &url,
+            "--stream",
+            "GAPS",
+            "--subject",
+            "gaps.tap",
+            "--max-bytes",
+            "256K",
+            "--json",
+        ],
+        "exporting",
+    );
+    let import_args = [
+        "import",
+        "tap.0",
+        "--nats",
+        &url,
+        "--stream",
+        "GAPS",
+        "--subject",
+        "gaps.tap",
+        "--durable",
+        "away",
+        "--json",
+    ];
+    let import = bridge(&b, &import_args, "importing");
+    let out = out_file(&b, "first.pcap");
+    let sub = subscribe(&b, "tap.0", &out, CAPTURE_PACKETS);
+    publish(&a, "tap.0", &[]);
+    finish(sub, DEADLINE);
+    let first = stop(import);
+    assert_eq!(first["batches"], 1);
+
+    // While the import is away: 20 messages of about 40 kB each.
+    publish(
+        &a,
+        "tap.0",
+        &["--loop", "20", "--batch", &CAPTURE_PACKETS.to_string()],
+    );
+    thread::sleep(Duration::from_secs(2));
+    let exported = stop(export);
+    assert_eq!(exported["messages"], 21);
+
+    let import = bridge(&b, &import_args, "importing");
+    thread::sleep(Duration::from_secs(3));
+    let (child, stderr) = import.take();
+    util::signal(&child, libc::SIGINT);
+    let out = wait_output(child, DEADLINE);
+    let text = stderr.text();
+    assert!(out.status.success(), "{text}");
+    let again = util::summary(&out);
+    let (batches, missed) = (
+        again["batches"].as_u64().unwrap(),
+        again["missed_messages"].as_u64().unwrap(),
+    );
+    assert!(batches > 0 && batches < 20, "{again}");
+    assert_eq!(batches + missed, 20, "{again}");
+    assert_eq!(again["gaps"], 1, "{again}");
+    assert_eq!(again["packets"], batches * CAPTURE_PACKETS);
+    assert!(
+        text.contains(&format!(
+            "packet-ipc: warning: gap: up to {missed} messages after stream sequence 1"
+        )),
+        "{text}"
+    );
+}
+
+#[test]
 fn bridge_import_of_an_unknown_server_fails_at_once() {
     let daemon = Daemon::start(Some(CONFIG));
     // No NATS needed: the server is looked up first.

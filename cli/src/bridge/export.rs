@@ -45,6 +45,11 @@ use crate::{exit, human, parse_seconds, stop_flag, Failure, Outcome};
 const QUEUE: usize = 4;
 /// The longest one wait for a batch lasts, so that a signal is noticed promptly.
 const SLICE: Duration = Duration::from_millis(100);
+/// After a signal, the batches the server has queued for the export are still taken, for
+/// at most this long, until none comes within [`DRAIN_IDLE`].
+const DRAIN_READ: Duration = Duration::from_secs(2);
+/// See [`DRAIN_READ`].
+const DRAIN_IDLE: Duration = Duration::from_millis(50);
 /// After a signal, how long in-flight messages may take to be acknowledged.
 const DRAIN: Duration = Duration::from_secs(30);
 /// Bytes of a record's fixed head in the batch format (timestamp, caplen, origlen).
@@ -167,12 +172,15 @@ async fn export(
 
     let counters = Arc::new(ReadCounters::default());
     let (tx, rx) = mpsc::channel::<Outgoing>(QUEUE);
+    // Raised by a signal, or by the publisher when it stops for good.
+    let quit = Arc::new(AtomicBool::new(false));
     let reader = {
         let counters = Arc::clone(&counters);
         let stop = Arc::clone(stop);
+        let quit = Arc::clone(&quit);
         std::thread::Builder::new()
             .name("bridge reader".into())
-            .spawn(move || read_loop(subscriber, cutter, &tx, &stop, &counters))
+            .spawn(move || read_loop(subscriber, cutter, &tx, &stop, &quit, &counters))
             .map_err(|e| Failure::new(exit::SOFTWARE, format!("cannot start a thread: {e}")))?
     };
     eprintln!("exporting {} to {} as {subject}", args.server, nats.url);
@@ -190,9 +198,13 @@ async fn export(
         counters: Arc::clone(&counters),
         status,
         last_tick: Instant::now(),
+        first_message: None,
+        last_ack: None,
+        fault_shown: None,
     };
     let published = publisher.run().await;
     // Whatever the publisher's outcome, the reader ends: its channel is closed.
+    quit.store(true, Ordering::Relaxed);
     publisher.rx.close();
     let read = reader
         .join()
@@ -208,6 +220,11 @@ async fn export(
     };
 
     let elapsed = started.elapsed();
+    // From the first batch to the last acknowledgement: the rate while there was work.
+    let active = match (publisher.first_message, publisher.last_ack) {
+        (Some(first), Some(last)) => last.saturating_duration_since(first),
+        _ => Duration::ZERO,
+    };
     let t = &publisher.totals;
     let batches = counters.batches.load(Ordering::Relaxed);
     let lost = counters.lost_batches.load(Ordering::Relaxed);
@@ -230,6 +247,7 @@ async fn export(
             "duplicates": t.duplicates,
             "max_payload": max_payload,
             "seconds": elapsed.as_secs_f64(),
+            "active_seconds": active.as_secs_f64(),
             "packets_per_second": human::per_second(t.packets, elapsed),
             "bits_per_second": human::per_second(t.bytes, elapsed) * 8.0,
             "end": end,
@@ -259,13 +277,27 @@ fn read_loop(
     mut cutter: Cutter,
     tx: &mpsc::Sender<Outgoing>,
     stop: &AtomicBool,
+    quit: &AtomicBool,
     counters: &ReadCounters,
 ) -> Outcome<ReadEnd> {
+    // After a signal: since when the batches already queued for us are taken.
+    let mut draining: Option<Instant> = None;
     loop {
-        if stop.load(Ordering::Relaxed) {
+        if quit.load(Ordering::Relaxed) {
+            return Ok(ReadEnd::Closed);
+        }
+        if draining.is_none() && stop.load(Ordering::Relaxed) {
+            draining = Some(Instant::now());
+        }
+        if draining.is_some_and(|t| t.elapsed() > DRAIN_READ) {
             return Ok(ReadEnd::Signal);
         }
-        match subscriber.recv_timeout(SLICE)? {
+        let wait = if draining.is_some() {
+            DRAIN_IDLE
+        } else {
+            SLICE
+        };
+        match subscriber.recv_timeout(wait)? {
             Received::Batch(batch) => {
                 counters.batches.fetch_add(1, Ordering::Relaxed);
                 counters
@@ -284,6 +316,7 @@ fn read_loop(
                     return Ok(ReadEnd::Closed);
                 }
             }
+            Received::Timeout if draining.is_some() => return Ok(ReadEnd::Signal),
             Received::Timeout => {}
             Received::End => return Ok(ReadEnd::ServerGone),
         }
@@ -531,6 +564,11 @@ struct Publisher {
     counters: Arc<ReadCounters>,
     status: Status,
     last_tick: Instant,
+    /// When the first message came from the reader, and when the last was acknowledged.
+    first_message: Option<Instant>,
+    last_ack: Option<Instant>,
+    /// When a failed publish was last reported (not since NATS took messages again).
+    fault_shown: Option<Instant>,
 }
 
 /// The front message's acknowledgement; never ready when nothing is in flight.
@@ -557,7 +595,10 @@ impl Publisher {
                     self.settle(result).await?;
                 }
                 message = self.rx.recv(), if room => match message {
-                    Some(out) => self.publish(out).await,
+                    Some(out) => {
+                        self.first_message.get_or_insert_with(Instant::now);
+                        self.publish(out).await
+                    }
                     None => self.rx_done = true,
                 },
                 _ = tick.tick() => self.tick()?,
@@ -583,7 +624,6 @@ impl Publisher {
     async fn settle(&mut self, result: Result<PublishAck, PublishError>) -> Outcome {
         let mut result = result;
         let mut delay = Duration::from_millis(100);
-        let mut warned = false;
         loop {
             match result {
                 Ok(ack) => {
@@ -594,8 +634,9 @@ impl Publisher {
                     t.bytes += done.out.bytes;
                     t.last_sequence = t.last_sequence.max(ack.sequence);
                     t.duplicates += u64::from(ack.duplicate);
-                    if warned {
-                        self.status.line("packet-ipc: NATS takes messages again");
+                    self.last_ack = Some(Instant::now());
+                    if self.fault_shown.take().is_some() {
+                        self.status.line("packet-ipc: NATS stores messages again");
                     }
                     return Ok(());
                 }
@@ -610,8 +651,11 @@ impl Publisher {
                         ));
                     }
                     let front = &self.inflight[0].out;
-                    if !warned {
-                        warned = true;
+                    if self
+                        .fault_shown
+                        .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+                    {
+                        self.fault_shown = Some(Instant::now());
                         self.status.line(&format!(
                             "packet-ipc: warning: message {} not stored yet ({e}); retrying",
                             front.bridge_seq

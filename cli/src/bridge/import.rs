@@ -143,6 +143,8 @@ struct Totals {
     missed_messages: u64,
     duplicates: u64,
     pending: u64,
+    /// Acknowledgements that could not be sent.
+    unacked: u64,
 }
 
 /// A message for the sending thread.
@@ -231,6 +233,7 @@ async fn import(args: &ImportArgs, producer: Producer, stop: &Arc<AtomicBool>) -
                         totals.sends += sends;
                         totals.messages += 1;
                         if let Err(e) = message.ack().await {
+                            totals.unacked += 1;
                             status.line(&format!("packet-ipc: warning: cannot acknowledge a message: {e}"));
                         }
                     }
@@ -318,7 +321,14 @@ async fn import(args: &ImportArgs, producer: Producer, stop: &Arc<AtomicBool>) -
     drop(job_tx);
     let _ = sender.join();
     status.clear();
-    let _ = nats.client.flush().await;
+    let flushed = tokio::time::timeout(Duration::from_secs(5), nats.client.flush()).await;
+    if totals.unacked > 0 || !matches!(flushed, Ok(Ok(()))) {
+        warn(&format!(
+            "packet-ipc: warning: NATS may not have every acknowledgement ({} could not be \
+             sent): those messages will be imported again next time",
+            totals.unacked
+        ));
+    }
     if let Some(f) = failure {
         return Err(f);
     }
