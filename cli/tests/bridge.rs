@@ -608,6 +608,34 @@ fn bridge_import_reports_messages_aged_out_while_it_was_away() {
         )),
         "{text}"
     );
+
+    // A new consumer for the last 3 messages gets exactly those.
+    let out = out_file(&b, "last.pcap");
+    let sub = subscribe(&b, "copy", &out, 3 * CAPTURE_PACKETS);
+    let tail = bridge(
+        &b,
+        &[
+            "import",
+            "copy",
+            "--nats",
+            &url,
+            "--stream",
+            "GAPS",
+            "--subject",
+            "gaps.tap",
+            "--durable",
+            "tail",
+            "--deliver",
+            "last:3",
+            "--json",
+        ],
+        "importing",
+    );
+    finish(sub, DEADLINE);
+    let last = stop(tail);
+    assert_eq!(last["batches"], 3, "{last}");
+    assert_eq!(last["gaps"], 0, "{last}");
+    assert_same(&records(&out), &expected(3));
 }
 
 #[test]
