@@ -61,10 +61,16 @@ struct Nats {
     port: u16,
     dir: tempfile::TempDir,
     max_payload: Option<usize>,
+    /// More arguments for nats-server.
+    extra: Vec<String>,
 }
 
 impl Nats {
     fn start(max_payload: Option<usize>) -> Nats {
+        Nats::start_with(max_payload, &[])
+    }
+
+    fn start_with(max_payload: Option<usize>, extra: &[&str]) -> Nats {
         let dir = tempfile::Builder::new()
             .prefix("nats")
             .tempdir_in("/tmp")
@@ -78,6 +84,7 @@ impl Nats {
             port,
             dir,
             max_payload,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         nats.spawn();
         nats
@@ -106,6 +113,7 @@ impl Nats {
                 "-sd",
             ])
             .arg(&store)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -636,6 +644,44 @@ fn bridge_import_reports_messages_aged_out_while_it_was_away() {
     assert_eq!(last["batches"], 3, "{last}");
     assert_eq!(last["gaps"], 0, "{last}");
     assert_same(&records(&out), &expected(3));
+}
+
+#[test]
+fn bridge_logs_in_with_the_password_in_the_url() {
+    if !have_nats("bridge with a user and password") {
+        return;
+    }
+    let nats = Nats::start_with(None, &["--user", "alice", "--pass", "s3cret"]);
+    let (a, _) = hosts();
+    let good = format!("nats://alice:s3cret@127.0.0.1:{}", nats.port);
+    // Ready, and the password is not printed.
+    let export = bridge(
+        &a,
+        &["export", "tap.0", "--nats", &good, "--json"],
+        &format!(
+            "exporting tap.0 to nats://alice:***@127.0.0.1:{} as packet-ipc.tap_2E0",
+            nats.port
+        ),
+    );
+    publish(&a, "tap.0", &[]);
+    thread::sleep(Duration::from_secs(1));
+    let exported = stop(export);
+    assert_eq!(exported["packets"], CAPTURE_PACKETS);
+
+    let bad = format!("nats://alice:wrong@127.0.0.1:{}", nats.port);
+    let out = a
+        .cli()
+        .args(["bridge", "export", "tap.0", "--nats", &bad])
+        .output()
+        .expect("run bridge export");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert!(
+        stderr.starts_with("packet-ipc: cannot connect to NATS at nats://alice:***@"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("wrong"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
 #[test]

@@ -74,6 +74,11 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Outcome<Nats> {
                     }
                 }
             });
+        match url_credentials(&args.nats) {
+            Some((user, Some(pass))) => options = options.user_and_password(user, pass),
+            Some((token, None)) => options = options.token(token),
+            None => {}
+        }
         if let Some(creds) = &args.creds {
             options = options.credentials_file(creds).await.map_err(|e| {
                 Failure::new(
@@ -132,14 +137,55 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Outcome<Nats> {
     }
 }
 
+/// The user and password (or the token: no password) in the first URL that has them:
+/// `nats://user:password@host`, `nats://token@host`, percent-escapes decoded.
+pub fn url_credentials(urls: &str) -> Option<(String, Option<String>)> {
+    urls.split(',').find_map(|one| {
+        let rest = &one[one.find("://")? + 3..];
+        let authority = rest.split('/').next().unwrap_or(rest);
+        let (userinfo, _) = authority.rsplit_once('@')?;
+        Some(match userinfo.split_once(':') {
+            Some((user, pass)) => (percent_decode(user), Some(percent_decode(pass))),
+            None => (percent_decode(userinfo), None),
+        })
+    })
+}
+
+/// `%XX` escapes decoded (a URL's user and password may need them).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The URL without its password, for messages.
 pub fn redacted(url: &str) -> String {
     url.split(',')
         .map(|one| match (one.find("://"), one.rfind('@')) {
             (Some(s), Some(at)) if at > s => {
-                let creds = &one[s + 3..at];
-                let user = creds.split(':').next().unwrap_or("");
-                format!("{}{user}:***@{}", &one[..s + 3], &one[at + 1..])
+                // A user keeps its name; a token (no password) is hidden whole.
+                let shown = match one[s + 3..at].split_once(':') {
+                    Some((user, _)) => format!("{user}:***"),
+                    None => "***".to_owned(),
+                };
+                format!("{}{shown}@{}", &one[..s + 3], &one[at + 1..])
             }
             _ => one.to_owned(),
         })
@@ -284,6 +330,20 @@ mod tests {
     }
 
     #[test]
+    fn credentials_in_urls() {
+        assert_eq!(
+            url_credentials("nats://alice:s%40cret@host:4222"),
+            Some(("alice".to_owned(), Some("s@cret".to_owned())))
+        );
+        assert_eq!(
+            url_credentials("nats://h1,tls://tok@h2"),
+            Some(("tok".to_owned(), None))
+        );
+        assert_eq!(url_credentials("nats://host:4222"), None);
+        assert_eq!(url_credentials("nats://host/a@b"), None);
+    }
+
+    #[test]
     fn passwords_are_not_printed() {
         assert_eq!(
             redacted("nats://alice:secret@host:4222"),
@@ -294,5 +354,6 @@ mod tests {
             redacted("nats://a:b@h1,nats://h2"),
             "nats://a:***@h1,nats://h2"
         );
+        assert_eq!(redacted("tls://t0ken@h"), "tls://***@h");
     }
 }
