@@ -684,6 +684,166 @@ fn bridge_logs_in_with_the_password_in_the_url() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
+/// A CA, and a server and a client certificate it signed (openssl), in `dir`.
+fn certificates(dir: &Path) -> bool {
+    let openssl = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ok = openssl(
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=packet-ipc test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ]
+        .concat(),
+    );
+    for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
+        std::fs::write(
+            dir.join(format!("{name}.ext")),
+            format!(
+                "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=digitalSignature\nextendedKeyUsage={usage}\n"
+            ),
+        )
+        .expect("write an extension file");
+        ok =
+            ok && openssl(
+                &[
+                    &["req"],
+                    &ec[..],
+                    &[
+                        "-keyout",
+                        &format!("{name}.key"),
+                        "-out",
+                        &format!("{name}.csr"),
+                        "-subj",
+                        "/CN=127.0.0.1",
+                    ],
+                ]
+                .concat(),
+            ) && openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ]);
+    }
+    ok
+}
+
+#[test]
+fn bridge_over_mutual_tls() {
+    if !have_nats("bridge over TLS") {
+        return;
+    }
+    let certs = tempfile::tempdir().expect("a directory");
+    if !certificates(certs.path()) {
+        assert!(
+            std::env::var("PACKET_IPC_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "bridge over TLS: needs openssl"
+        );
+        eprintln!("skipped: bridge over TLS: needs openssl (apt-get install openssl)");
+        return;
+    }
+    let path = |name: &str| certs.path().join(name).to_string_lossy().into_owned();
+    let nats = Nats::start_with(
+        None,
+        &[
+            "--tlscert",
+            &path("server.pem"),
+            "--tlskey",
+            &path("server.key"),
+            "--tlscacert",
+            &path("ca.pem"),
+            "--tlsverify",
+        ],
+    );
+    let url = format!("tls://127.0.0.1:{}", nats.port);
+    let (a, b) = hosts();
+    let tls = [
+        "--tls-ca",
+        &path("ca.pem"),
+        "--tls-cert",
+        &path("client.pem"),
+        "--tls-key",
+        &path("client.key"),
+    ];
+    let import = bridge(
+        &b,
+        &[&["import", "tap.0", "--nats", &url, "--json"], &tls[..]].concat(),
+        "importing",
+    );
+    let out = out_file(&b, "out.pcap");
+    let sub = subscribe(&b, "tap.0", &out, 2 * CAPTURE_PACKETS);
+    let export = bridge(
+        &a,
+        &[&["export", "tap.0", "--nats", &url, "--json"], &tls[..]].concat(),
+        "exporting",
+    );
+    publish(&a, "tap.0", &["--loop", "2"]);
+    finish(sub, DEADLINE);
+    assert_same(&records(&out), &expected(2));
+    stop(export);
+    stop(import);
+
+    // Without a client certificate the server refuses the connection.
+    let out = a
+        .cli()
+        .args([
+            "bridge",
+            "export",
+            "tap.0",
+            "--nats",
+            &url,
+            "--connect-wait",
+            "1",
+            "--tls-ca",
+            &path("ca.pem"),
+        ])
+        .output()
+        .expect("run bridge export");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
 #[test]
 fn bridge_import_of_an_unknown_server_fails_at_once() {
     let daemon = Daemon::start(Some(CONFIG));
