@@ -210,7 +210,8 @@ async fn export(
         .join()
         .map_err(|_| Failure::new(exit::SOFTWARE, "the bridge reader panicked"))?;
     publisher.status.clear();
-    let _ = nats.client.flush().await;
+    // Bounded: a client that lost its server would wait for it.
+    let _ = tokio::time::timeout(Duration::from_secs(5), nats.client.flush()).await;
     published?;
     let end = match read? {
         ReadEnd::Signal => "signal",
@@ -666,8 +667,8 @@ impl Publisher {
                             return Err(Failure::new(
                                 exit::UNAVAILABLE,
                                 format!(
-                                    "stopped with {} messages not acknowledged by NATS \
-                                     (first: {})",
+                                    "stopped before NATS acknowledged every message: {} \
+                                     not acknowledged (the first: {})",
                                     self.inflight.len(),
                                     front.msg_id
                                 ),
