@@ -17,10 +17,11 @@
 //!
 //! A real gap — messages the stream no longer has, aged out or discarded while the import
 //! was away or behind — is reported on stderr and counted (`gaps`, `missed_messages`):
-//! within an export, as a jump of the bridge sequence that does not fill in time; across
-//! exports or an import restart, as stream sequences between the last message sent and
-//! the next one that the stream has deleted (exact when the stream holds only this
-//! subject, an upper bound otherwise).
+//! within an exporter's sequence, as a jump of the bridge sequence that does not fill in
+//! time (an exporter that started after the import is expected from its message 1); after
+//! the import's restart, when the first message comes from an exporter it does not know,
+//! as the stream sequences between the last message sent and that one that the stream has
+//! deleted (exact when the stream holds only this subject, an upper bound otherwise).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -174,12 +175,26 @@ async fn import(args: &ImportArgs, producer: Producer, stop: &Arc<AtomicBool>) -
         .durable
         .clone()
         .unwrap_or_else(|| format!("packet-ipc-{}", escape_token(&args.server)));
-    let (consumer, resumed) = consumer(&stream, &durable, &subject, &args.deliver).await?;
+    // Tried again until the deadline while JetStream is not ready (a server starting).
+    let (consumer, resumed) = loop {
+        match consumer(&stream, &durable, &subject, &args.deliver).await {
+            Ok(c) => break c,
+            Err(f) if f.code == exit::UNAVAILABLE && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(f) => return Err(f),
+        }
+    };
 
     let mut sequencer = Sequencer::new(HOLD, HOLD_MESSAGES);
     // The last message sent, as far as the stream sequence goes: the consumer's ack floor
     // when it resumes, and the sequencer knows where its exporter was.
     let mut last_sent = 0;
+    // When this import started, in the exporters' epoch unit (nanoseconds since 1970).
+    let import_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut first_after_resume = resumed;
     if resumed {
         last_sent = consumer.cached_info().ack_floor.stream_sequence;
         if last_sent > 0 {
@@ -259,7 +274,9 @@ async fn import(args: &ImportArgs, producer: Producer, stop: &Arc<AtomicBool>) -
                     // A new exporter (or the first message after a restart): did the
                     // stream drop messages since the last one sent?
                     let known = key.as_ref().is_some_and(|k| sequencer.knows(k));
-                    if !known && last_sent > 0 && stream_seq > last_sent + 1 {
+                    // The first message after a resume, from an exporter not seen yet: did
+                    // the stream drop messages after the last one sent?
+                    if !known && first_after_resume && last_sent > 0 && stream_seq > last_sent + 1 {
                         if let Ok(first) = first_sequence(&stream).await {
                             let deleted = stream_seq.min(first).saturating_sub(last_sent + 1);
                             if deleted > 0 {
@@ -272,6 +289,14 @@ async fn import(args: &ImportArgs, producer: Producer, stop: &Arc<AtomicBool>) -
                                     args.nats.stream_name()
                                 ));
                             }
+                        }
+                    }
+                    first_after_resume = false;
+                    // An exporter that started after this import: every one of its
+                    // messages is expected, from its first.
+                    if let (false, Some(k)) = (known, &key) {
+                        if header_u64(headers, H_EPOCH).is_some_and(|e| e > import_epoch) {
+                            sequencer.seed(k.clone(), 1, now);
                         }
                     }
                     match (key, seq) {
