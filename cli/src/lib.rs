@@ -6,6 +6,7 @@
 //!
 //! - `servers.rs`, `publish.rs`, `subscribe.rs`, `stats.rs`, `bench.rs`: one subcommand
 //!   each.
+//! - `bridge/`: `bridge export` and `bridge import`, through NATS JetStream.
 //! - `pcap.rs`: reading pcap/pcapng captures and writing pcap.
 //! - `human.rs`: numbers for people (bytes, rates, durations).
 //! - [`traffic`]: synthetic Ethernet traffic (seeded) for the tests and benchmarks, and a
@@ -21,6 +22,7 @@ use clap::{Parser, Subcommand};
 mod baseline;
 mod bench;
 pub mod benchcore;
+mod bridge;
 pub mod daemon_main;
 mod human;
 mod pcap;
@@ -54,6 +56,8 @@ enum Cmd {
     Stats(stats::StatsArgs),
     /// The built-in benchmark: its own daemon, N subscriber processes, in-run baselines.
     Bench(bench::BenchArgs),
+    /// NATS JetStream: export a server's batches, import them into a server elsewhere.
+    Bridge(bridge::BridgeArgs),
     /// A child process of `bench` (internal).
     #[command(hide = true)]
     BenchChild(bench::ChildArgs),
@@ -204,7 +208,7 @@ pub fn main() -> ExitCode {
                 ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
                     eprintln!(
                         "packet-ipc: a subcommand is needed: servers, publish, subscribe, \
-                         stats or bench (see packet-ipc --help)"
+                         stats, bench or bridge (see packet-ipc --help)"
                     );
                     return ExitCode::from(exit::USAGE);
                 }
@@ -221,6 +225,7 @@ pub fn main() -> ExitCode {
         Cmd::Stats(args) => stats::run(args),
         Cmd::Bench(args) => bench::run(args),
         Cmd::BenchChild(args) => bench::child(args),
+        Cmd::Bridge(args) => bridge::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

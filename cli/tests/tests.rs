@@ -5,6 +5,7 @@
 //! of stalling the suite.
 
 mod access;
+mod bridge;
 mod broker;
 mod cli;
 mod hostile;
