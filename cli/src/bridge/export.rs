@@ -325,7 +325,7 @@ fn read_loop(
 }
 
 /// A packet whose captured bytes may be cut short (its original length kept).
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Capped<'a> {
     packet: PacketRef<'a>,
     caplen: usize,
