@@ -235,13 +235,28 @@ fn built() -> &'static Built {
 // ---------------------------------------------------------------------------------------
 // The daemon.
 
-/// `packet-ipcd`'s code on the embedded default configuration (one server, `default`),
-/// running on a thread of this process in a temporary runtime directory.
+/// The overrides of the test daemon's configuration, as `PACKET_IPC__` variables.
+///
+/// Valgrind maps no single region of 64 GiB or more, and about 120 GiB in all: the
+/// embedded default's server (64 subscribers) gives each producer a pool of 64 GiB of
+/// address space (4096 slots of 16 MiB), which every client maps. With 8 subscribers at
+/// most, a pool is 776 slots (12 GiB): a program under valgrind can map a few. Everything
+/// else is the default (`max-batch-bytes` of 16 MiB, `snaplen` 65535, `group-balance =
+/// "flow"`), which `c/api_test.c` relies on.
+const TEST_SHAPE: &[(&str, &str)] = &[("PACKET_IPC__SERVERS__DEFAULT__MAX_SUBSCRIBERS", "8")];
+
+/// `packet-ipcd`'s code on the embedded default configuration (one server, `default`,
+/// shaped by [`TEST_SHAPE`]), running on a thread of this process in a temporary runtime
+/// directory.
 struct Daemon(InProcessDaemon);
 
 impl Daemon {
     fn start() -> Daemon {
-        let config = config::load_with_env(&Source::Embedded, &[]).expect("the embedded default");
+        let env: Vec<(String, String)> = TEST_SHAPE
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let config = config::load_with_env(&Source::Embedded, &env).expect("the embedded default");
         Daemon(InProcessDaemon::start(Source::Embedded, config).expect("the daemon"))
     }
 
