@@ -1,12 +1,15 @@
 //! The exported functions called from Rust: argument checks, status codes, last error.
 //! (The C programs run against the built libraries in `tests/c_programs.rs`.)
 
-use std::ffi::CStr;
+use std::ffi::{c_int, CStr};
 use std::ptr;
 
+use packet_ipc::packet::time_from_nanos;
 use packet_ipc::rendezvous::{Rendezvous, ServerEntry, RENDEZVOUS_VERSION};
 
 use super::*;
+use crate::producer::{recycle, SendPacket};
+use crate::status::{guard, guard_or, STATUS_TEXT};
 
 fn last_error() -> String {
     // SAFETY: pipc_last_error returns a valid NUL-terminated string.

@@ -1,5 +1,6 @@
-//! The committed header `include/packet_ipc.h` is what cbindgen generates from
-//! `src/lib.rs` with `cbindgen.toml`. CI runs this test, so a stale header fails the build.
+//! The committed header `include/packet_ipc.h` is what cbindgen generates from `src/`
+//! (`lib.rs` and the modules it declares) with `cbindgen.toml`. CI runs this test, so a
+//! stale header fails the build.
 //!
 //! To update the header after changing the API:
 //!
@@ -39,7 +40,7 @@ fn header_is_up_to_date() {
         let fresh = std::env::temp_dir().join(format!("packet_ipc.{}.h", std::process::id()));
         std::fs::write(&fresh, &generated).expect("write the generated header");
         panic!(
-            "capi/include/packet_ipc.h is not what cbindgen generates from capi/src/lib.rs.\n\
+            "capi/include/packet_ipc.h is not what cbindgen generates from capi/src/.\n\
              See the difference:  diff -u {} {}\n\
              Update it:           PIPC_UPDATE_HEADER=1 cargo test -p packet-ipc-capi --test header",
             committed_path.display(),
