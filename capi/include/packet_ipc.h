@@ -151,8 +151,9 @@
  *
  * Created by `pipc_subscriber_recv`, freed by `pipc_batch_free`. Its memory goes back to
  * the producer when it is freed: read what you need, then free it. A subscriber holding
- * 32 batches unfreed is sent nothing more until it frees one; what waits for it
- * meanwhile is subject to the server's overflow policy (see `pipc_batch_lost`).
+ * 64 batches unfreed (256 under `overflow = "block"`) is sent nothing more until it frees
+ * one; what waits for it meanwhile is subject to the server's overflow policy (see
+ * `pipc_batch_lost`).
  */
 typedef struct pipc_batch pipc_batch;
 
@@ -326,7 +327,11 @@ int pipc_subscriber_recv(struct pipc_subscriber *s, int timeout_ms, struct pipc_
 void pipc_subscriber_free(struct pipc_subscriber *s);
 
 /**
- * The number of packets in the batch (0 for NULL).
+ * The number of packets in the batch for this subscriber (0 for NULL): all of them, or
+ * for a group member its share, for a filtered subscriber those that matched.
+ *
+ * The first call of `pipc_batch_len` or `pipc_batch_get` on a batch finds where its
+ * packets lie, in one pass over the batch's record heads (copying no packet).
  *
  * # Safety
  *
@@ -336,7 +341,8 @@ size_t pipc_batch_len(const struct pipc_batch *b);
 
 /**
  * Reads packet `i` of the batch into `*out`, without copying: `out->data` points into the
- * batch's shared memory and stays valid until `pipc_batch_free(b)`. O(1) for any `i`.
+ * batch's shared memory and stays valid until `pipc_batch_free(b)`. O(1) for any `i`
+ * (after the one pass of the batch's first `pipc_batch_len` or `pipc_batch_get`).
  *
  * Returns `PIPC_OK`, `PIPC_ERR_OUT_OF_RANGE` if `i >= pipc_batch_len(b)`, or
  * `PIPC_ERR_INVALID_ARGUMENT` if `b` or `out` is NULL (`*out` is left as it was on an

@@ -1,6 +1,7 @@
 //! `pipc_batch`: a received batch, read in place in shared memory.
 
 use std::ffi::c_int;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use packet_ipc::{AsIpcPacket, Batch};
 
@@ -14,51 +15,97 @@ use crate::status::{
 ///
 /// Created by `pipc_subscriber_recv`, freed by `pipc_batch_free`. Its memory goes back to
 /// the producer when it is freed: read what you need, then free it. A subscriber holding
-/// 32 batches unfreed is sent nothing more until it frees one; what waits for it
-/// meanwhile is subject to the server's overflow policy (see `pipc_batch_lost`).
+/// 64 batches unfreed (256 under `overflow = "block"`) is sent nothing more until it frees
+/// one; what waits for it meanwhile is subject to the server's overflow policy (see
+/// `pipc_batch_lost`).
 pub struct pipc_batch {
     batch: Batch,
-    /// Where each record is, so that `pipc_batch_get` is O(1) for any index.
-    index: Vec<Record>,
+    /// Where each of this subscriber's packets lies in the batch, found in one pass on the
+    /// first access (`pipc_batch_len` or `pipc_batch_get`): then `pipc_batch_get` is O(1)
+    /// for any index, whatever the batch (`Batch::get` walks a plain batch that has no
+    /// index from its start, which a C loop over the indices would make quadratic).
+    records: OnceLock<Vec<Record>>,
+    /// Where the vector of `records` comes from and goes back to when the batch is freed.
+    pub(crate) spares: Spares,
 }
 
 /// A record of a batch: its head, and where its bytes start in the batch.
 #[derive(Clone, Copy)]
-struct Record {
+pub(crate) struct Record {
     ts_nanos: u64,
     caplen: u32,
     origlen: u32,
     offset: u32,
 }
 
+/// The vectors of records of a subscriber's batches, reused from batch to batch (no
+/// allocation per batch once the subscriber runs, none per packet ever). Shared by the
+/// subscriber and its batches, which may outlive it.
+pub(crate) type Spares = Arc<Mutex<Vec<Vec<Record>>>>;
+
+/// Spare vectors kept at most, per subscriber: as many as the batches it may hold at
+/// once under the drop policies.
+const MAX_SPARES: usize = 64;
+
 impl pipc_batch {
-    /// The handle of a received batch.
-    pub(crate) fn new(batch: Batch) -> pipc_batch {
-        let whole = batch.as_bytes();
-        let base = whole.as_ptr() as usize;
-        let index = batch
-            .iter()
-            .map(|p| {
-                let bytes = p.bytes();
-                // Where the bytes lie in the batch (whose length is a u32, by its format).
-                // An empty packet may be any empty slice: it then points at the start. A
-                // non-empty one outside the batch cannot happen; `pipc_batch_get` would
-                // report it as an internal error rather than read elsewhere.
-                let offset = (bytes.as_ptr() as usize)
-                    .checked_sub(base)
-                    .filter(|&o| o + bytes.len() <= whole.len())
-                    .and_then(|o| u32::try_from(o).ok())
-                    .unwrap_or(if bytes.is_empty() { 0 } else { u32::MAX });
-                Record {
-                    ts_nanos: p.timestamp_nanos(),
-                    caplen: bytes.len() as u32,
-                    origlen: u32::try_from(p.orig_len()).unwrap_or(u32::MAX),
-                    offset,
-                }
-            })
-            .collect();
-        pipc_batch { batch, index }
+    /// The handle of a batch received by a subscriber whose vectors are `spares`.
+    pub(crate) fn new(batch: Batch, spares: &Spares) -> pipc_batch {
+        pipc_batch {
+            batch,
+            records: OnceLock::new(),
+            spares: Arc::clone(spares),
+        }
     }
+
+    /// Where this subscriber's packets lie, found on the first call (from any thread).
+    fn records(&self) -> &[Record] {
+        self.records.get_or_init(|| self.find_records())
+    }
+
+    /// Walks the batch once, into a spare vector.
+    fn find_records(&self) -> Vec<Record> {
+        let mut records = lock(&self.spares).pop().unwrap_or_default();
+        records.clear();
+        let whole = self.batch.as_bytes();
+        let base = whole.as_ptr() as usize;
+        records.extend(self.batch.iter().map(|p| {
+            let bytes = p.bytes();
+            // Where the bytes lie in the batch (whose length is a u32, by its format). An
+            // empty packet may be any empty slice: it then points at the start. A
+            // non-empty one outside the batch cannot happen; `pipc_batch_get` would
+            // report it as an internal error rather than read elsewhere.
+            let offset = (bytes.as_ptr() as usize)
+                .checked_sub(base)
+                .filter(|&o| o + bytes.len() <= whole.len())
+                .and_then(|o| u32::try_from(o).ok())
+                .unwrap_or(if bytes.is_empty() { 0 } else { u32::MAX });
+            Record {
+                ts_nanos: p.timestamp_nanos(),
+                caplen: bytes.len() as u32,
+                origlen: u32::try_from(p.orig_len()).unwrap_or(u32::MAX),
+                offset,
+            }
+        }));
+        records
+    }
+}
+
+impl Drop for pipc_batch {
+    /// Gives the vector of records back to the subscriber's spares.
+    fn drop(&mut self) {
+        if let Some(records) = self.records.take() {
+            let mut spares = lock(&self.spares);
+            if spares.len() < MAX_SPARES {
+                spares.push(records);
+            }
+        }
+    }
+}
+
+/// The spares, even if a panic poisoned their lock (a vector of vectors has no invariant
+/// a panic could break).
+fn lock(spares: &Spares) -> MutexGuard<'_, Vec<Vec<Record>>> {
+    spares.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Reads a value of the batch `b` given by C to `function`: `fallback` for NULL (or a
@@ -80,7 +127,11 @@ unsafe fn read<T: Copy>(
     })
 }
 
-/// The number of packets in the batch (0 for NULL).
+/// The number of packets in the batch for this subscriber (0 for NULL): all of them, or
+/// for a group member its share, for a filtered subscriber those that matched.
+///
+/// The first call of `pipc_batch_len` or `pipc_batch_get` on a batch finds where its
+/// packets lie, in one pass over the batch's record heads (copying no packet).
 ///
 /// # Safety
 ///
@@ -88,11 +139,12 @@ unsafe fn read<T: Copy>(
 #[no_mangle]
 pub unsafe extern "C" fn pipc_batch_len(b: *const pipc_batch) -> usize {
     // SAFETY: per the contract.
-    unsafe { read("pipc_batch_len", b, 0, |b| b.index.len()) }
+    unsafe { read("pipc_batch_len", b, 0, |b| b.records().len()) }
 }
 
 /// Reads packet `i` of the batch into `*out`, without copying: `out->data` points into the
-/// batch's shared memory and stays valid until `pipc_batch_free(b)`. O(1) for any `i`.
+/// batch's shared memory and stays valid until `pipc_batch_free(b)`. O(1) for any `i`
+/// (after the one pass of the batch's first `pipc_batch_len` or `pipc_batch_get`).
 ///
 /// Returns `PIPC_OK`, `PIPC_ERR_OUT_OF_RANGE` if `i >= pipc_batch_len(b)`, or
 /// `PIPC_ERR_INVALID_ARGUMENT` if `b` or `out` is NULL (`*out` is left as it was on an
@@ -116,12 +168,13 @@ pub unsafe extern "C" fn pipc_batch_get(
         if out.is_null() {
             return Err(null(F, "out"));
         }
-        let Some(r) = b.index.get(i) else {
+        let records = b.records();
+        let Some(r) = records.get(i) else {
             return Err(fail(
                 PIPC_ERR_OUT_OF_RANGE,
                 format!(
                     "{F}: index {i} is out of range: the batch has {} packets",
-                    b.index.len()
+                    records.len()
                 ),
             ));
         };

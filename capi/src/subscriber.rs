@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use packet_ipc::{Received, Subscriber};
 
-use crate::batch::pipc_batch;
+use crate::batch::{pipc_batch, Spares};
 use crate::status::{
     free_handle, guard, handle_mut, required_str, OrFail, Out, PIPC_END, PIPC_TIMEOUT,
 };
@@ -15,6 +15,8 @@ use crate::status::{
 /// Created by `pipc_subscriber_connect`, freed by `pipc_subscriber_free`.
 pub struct pipc_subscriber {
     subscriber: Subscriber,
+    /// The vectors of its batches' records, reused from batch to batch.
+    pub(crate) spares: Spares,
 }
 
 /// Connects a subscriber to the named server of the running `packet-ipcd` (found as
@@ -40,7 +42,10 @@ pub unsafe extern "C" fn pipc_subscriber_connect(
         // SAFETY: `server` is NULL or a string, per the contract.
         let server = unsafe { required_str(F, "server", server) }?;
         let subscriber = Subscriber::connect(server).or_fail()?;
-        Ok(out.put(pipc_subscriber { subscriber }))
+        Ok(out.put(pipc_subscriber {
+            subscriber,
+            spares: Spares::default(),
+        }))
     })
 }
 
@@ -79,7 +84,7 @@ pub unsafe extern "C" fn pipc_subscriber_recv(
                 .map(|b| b.map_or(Received::End, Received::Batch)),
         };
         match received.or_fail()? {
-            Received::Batch(batch) => Ok(out.put(pipc_batch::new(batch))),
+            Received::Batch(batch) => Ok(out.put(pipc_batch::new(batch, &s.spares))),
             Received::Timeout => Ok(PIPC_TIMEOUT),
             Received::End => Ok(PIPC_END),
         }

@@ -3,7 +3,10 @@
 
 use std::ffi::{c_int, CStr};
 use std::ptr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use packet_ipc::broker::config::{self, Source};
+use packet_ipc::broker::testing::InProcessDaemon;
 use packet_ipc::packet::time_from_nanos;
 use packet_ipc::rendezvous::{Rendezvous, ServerEntry, RENDEZVOUS_VERSION};
 
@@ -28,6 +31,87 @@ fn strerror(status: c_int) -> String {
 /// A pointer value no function may keep when it fails.
 fn dangling<T>() -> *mut T {
     ptr::NonNull::dangling().as_ptr()
+}
+
+/// Held by the tests that read or change the environment (`PACKET_IPC_RENDEZVOUS`, which
+/// the exported functions read to find the daemon).
+static ENV: Mutex<()> = Mutex::new(());
+
+/// The environment, for this test alone.
+fn environment() -> MutexGuard<'static, ()> {
+    ENV.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `packet-ipcd`'s code on its embedded default configuration (one server, `default`),
+/// running in this process, and the environment pointing at it while this lives.
+struct Daemon {
+    daemon: Option<InProcessDaemon>,
+    _env: MutexGuard<'static, ()>,
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        let env = environment();
+        let config = config::load_with_env(&Source::Embedded, &[]).expect("the embedded default");
+        let daemon = InProcessDaemon::start(Source::Embedded, config).expect("the daemon");
+        std::env::set_var("PACKET_IPC_RENDEZVOUS", daemon.rendezvous());
+        Daemon {
+            daemon: Some(daemon),
+            _env: env,
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        std::env::remove_var("PACKET_IPC_RENDEZVOUS");
+        if let Some(daemon) = self.daemon.take() {
+            let stopped = daemon.stop();
+            if !std::thread::panicking() {
+                stopped.expect("the daemon stopped cleanly");
+            }
+        }
+    }
+}
+
+/// A producer and a subscriber of `default`, connected through the C functions.
+fn connect_both() -> (*mut pipc_producer, *mut pipc_subscriber) {
+    let mut s: *mut pipc_subscriber = ptr::null_mut();
+    let mut p: *mut pipc_producer = ptr::null_mut();
+    // SAFETY: a valid server name and out slots.
+    unsafe {
+        let status = pipc_subscriber_connect(c"default".as_ptr(), &mut s);
+        assert_eq!(status, PIPC_OK, "{}", last_error());
+        let status = pipc_producer_connect(c"default".as_ptr(), &mut p);
+        assert_eq!(status, PIPC_OK, "{}", last_error());
+    }
+    (p, s)
+}
+
+/// Sends `n` packets of 60 bytes as one batch, packet `i` holding `i` in its first byte.
+fn send(p: *mut pipc_producer, n: u8) {
+    let frames: Vec<[u8; 60]> = (0..n).map(|i| [i; 60]).collect();
+    let packets: Vec<pipc_packet> = frames
+        .iter()
+        .map(|f| pipc_packet {
+            ts_nanos: 1,
+            caplen: 60,
+            origlen: 60,
+            data: f.as_ptr(),
+        })
+        .collect();
+    // SAFETY: a live producer and `n` packets whose bytes live through the call.
+    let status = unsafe { pipc_producer_send(p, packets.as_ptr(), packets.len()) };
+    assert_eq!(status, PIPC_OK, "{}", last_error());
+}
+
+/// The next batch of `s`, within 10 seconds.
+fn recv(s: *mut pipc_subscriber) -> *mut pipc_batch {
+    let mut b: *mut pipc_batch = ptr::null_mut();
+    // SAFETY: a live subscriber and an out slot.
+    let status = unsafe { pipc_subscriber_recv(s, 10_000, &mut b) };
+    assert_eq!(status, PIPC_OK, "{}", last_error());
+    b
 }
 
 #[test]
@@ -174,9 +258,10 @@ fn sending_reuses_its_scratch_vector() {
 }
 
 /// Connection failures, with the environment pointing at a rendezvous file this test
-/// writes. The only test that reads or changes the environment.
+/// writes.
 #[test]
 fn connection_failures_name_what_is_wrong() {
+    let _env = environment();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rendezvous.json");
     std::env::set_var("PACKET_IPC_RENDEZVOUS", &path);
@@ -240,4 +325,50 @@ fn connection_failures_name_what_is_wrong() {
     assert_eq!(status, PIPC_ERR_INVALID_ARGUMENT);
     assert!(last_error().contains("UTF-8"), "{}", last_error());
     std::env::remove_var("PACKET_IPC_RENDEZVOUS");
+}
+
+#[test]
+fn batches_reuse_one_vector_of_records() {
+    let _daemon = Daemon::start();
+    let (p, s) = connect_both();
+    for n in [40, 30] {
+        send(p, n);
+    }
+    // SAFETY: live handles, each freed once; packets read before their batch is freed.
+    unsafe {
+        let spares = || (*s).spares.lock().unwrap().len();
+        let b = recv(s);
+        assert_eq!(spares(), 0);
+        assert_eq!(pipc_batch_len(b), 40);
+        let mut packet = pipc_packet {
+            ts_nanos: 0,
+            caplen: 0,
+            origlen: 0,
+            data: ptr::null(),
+        };
+        for i in (0..40).rev() {
+            assert_eq!(pipc_batch_get(b, i, &mut packet), PIPC_OK);
+            assert_eq!((packet.caplen, *packet.data), (60, i as u8));
+        }
+        pipc_batch_free(b);
+        assert_eq!(spares(), 1, "the batch gave its vector back");
+        let first = (*s).spares.lock().unwrap()[0].as_ptr();
+
+        let b = recv(s);
+        assert_eq!(pipc_batch_get(b, 29, &mut packet), PIPC_OK);
+        assert_eq!(*packet.data, 29);
+        assert_eq!(spares(), 0, "the next batch took it");
+        pipc_subscriber_free(s);
+        assert_eq!(pipc_batch_len(b), 30, "a batch outlives its subscriber");
+        let spares = std::sync::Arc::clone(&(*b).spares);
+        pipc_batch_free(b);
+        let back = spares.lock().unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(
+            back[0].as_ptr(),
+            first,
+            "the same vector, batch after batch"
+        );
+        pipc_producer_free(p);
+    }
 }
