@@ -13,27 +13,31 @@
  * /run/packet-ipc if a daemon runs there, else $XDG_RUNTIME_DIR/packet-ipc, else
  * /tmp/packet-ipc-<uid>. With no settings at all a daemon and its clients meet. When the
  * daemon stops, producers and subscribers wait up to 30 seconds for one to come back and
- * reconnect by themselves.
+ * reconnect by themselves (a subscriber as long as its pipc_subscriber_opts say).
+ *
+ * Subscribers: pipc_subscriber_connect receives every packet; pipc_subscriber_connect_opts
+ * may join a group (the server spreads its packets over the members, by flow by default)
+ * and filter with a tcpdump expression (compiled by libpcap, loaded at run time), which
+ * pipc_subscriber_set_filter changes at any time.
  *
  * Status codes: the functions that can fail return an int: PIPC_OK (0) on success;
  * PIPC_END and PIPC_TIMEOUT (positive, not errors) from pipc_subscriber_recv; or a
  * negative PIPC_ERR_* code. pipc_strerror(status) describes a code, and
  * pipc_last_error() gives the detail of the last failure on the calling thread.
  *
- * Pointers: every function rejects a NULL pointer argument with
- * PIPC_ERR_INVALID_ARGUMENT (the getters pipc_batch_len/seq/lost return 0), and every
- * _free function accepts NULL. Using a handle after it was freed, or freeing it twice, is
- * undefined behaviour. No panic of the implementation ever unwinds into C: it is reported
- * as PIPC_ERR_INTERNAL.
+ * Pointers: every function rejects a NULL pointer argument with PIPC_ERR_INVALID_ARGUMENT,
+ * except where NULL means something (pipc_subscriber_connect_opts's opts, the group and
+ * filter in them, pipc_subscriber_set_filter's expr); the getters pipc_batch_len, _seq,
+ * _lost, _lost_packets and _reassigned return 0 for NULL, and every _free function
+ * accepts NULL. Using a handle after it was freed, or freeing it twice, is undefined
+ * behaviour. No panic of the implementation ever unwinds into C: it is reported as
+ * PIPC_ERR_INTERNAL.
  *
  * Threads: a producer or a subscriber may be used by one thread at a time (it may move
  * from thread to thread); different handles may be used by different threads at the same
- * time. A batch may be read (pipc_batch_len, _get, _seq, _lost) by any number of threads
- * at once, and freed by any thread once no other one uses it; it may outlive its
- * subscriber. The last error is per thread. While pipc_producer_connect or
- * pipc_subscriber_connect runs, the library briefly points TMPDIR at the daemon's spool
- * directory (where ipc-channel creates its socket): other threads should not call
- * getenv/setenv meanwhile.
+ * time. A batch may be read (its getters and pipc_batch_get) by any number of threads at
+ * once, and freed by any thread once no other one uses it; it may outlive its subscriber.
+ * The last error is per thread.
  *
  * libpcap: a pipc_packet maps onto a struct pcap_pkthdr without conversion surprises:
  *
@@ -76,8 +80,9 @@
 #define PIPC_TIMEOUT 2
 
 /**
- * A pointer argument is NULL, the server name is not UTF-8, or a packet has
- * `data == NULL` with `caplen > 0`.
+ * A pointer argument is NULL, a string is not UTF-8, a packet has `data == NULL` with
+ * `caplen > 0`, an option is out of range (`pipc_subscriber_opts.wait`), or libpcap
+ * rejects a filter expression (its message is in the detail).
  */
 #define PIPC_ERR_INVALID_ARGUMENT -1
 
@@ -98,7 +103,8 @@
 #define PIPC_ERR_PERMISSION_DENIED -4
 
 /**
- * The daemon refused the connection (for example: no producer slot free).
+ * The daemon refused the connection (for example: no producer slot free, or a subscriber
+ * group name it does not accept).
  */
 #define PIPC_ERR_REFUSED -5
 
@@ -147,6 +153,32 @@
 #define PIPC_ERR_INTERNAL -13
 
 /**
+ * `pipc_subscriber_connect_opts`, `pipc_subscriber_set_filter`: a filter was asked for,
+ * but libpcap, which compiles filters and is loaded at run time, cannot be used: it is
+ * not installed (the detail names the Debian package to install, `libpcap0.8`), too old,
+ * or could not make a handle. Nothing was connected or changed. (Added with the filters,
+ * after `PIPC_ERR_INTERNAL`, so that no earlier code changed.)
+ */
+#define PIPC_ERR_UNAVAILABLE -14
+
+/**
+ * `pipc_subscriber_opts.wait`: spin for a short while, then sleep until woken: low
+ * latency while data flows, little CPU when it does not.
+ */
+#define PIPC_WAIT_ADAPTIVE 0
+
+/**
+ * `pipc_subscriber_opts.wait`: never sleep: the lowest latency, for a whole CPU core.
+ */
+#define PIPC_WAIT_SPIN 1
+
+/**
+ * `pipc_subscriber_opts.wait`: sleep until woken: the least CPU, for the latency of a
+ * wake-up.
+ */
+#define PIPC_WAIT_PARK 2
+
+/**
  * A received batch of packets, read in place in shared memory.
  *
  * Created by `pipc_subscriber_recv`, freed by `pipc_batch_free`. Its memory goes back to
@@ -165,9 +197,11 @@ typedef struct pipc_batch pipc_batch;
 typedef struct pipc_producer pipc_producer;
 
 /**
- * A subscriber: receives every batch sent to a named server after it connected.
+ * A subscriber: receives the batches sent to a named server after it connected (every
+ * packet, or its share of a group's, and only those its filter matches).
  *
- * Created by `pipc_subscriber_connect`, freed by `pipc_subscriber_free`.
+ * Created by `pipc_subscriber_connect` or `pipc_subscriber_connect_opts`, freed by
+ * `pipc_subscriber_free`.
  */
 typedef struct pipc_subscriber pipc_subscriber;
 
@@ -204,6 +238,39 @@ typedef struct pipc_packet {
     const uint8_t *data;
 } pipc_packet;
 
+/**
+ * How a subscriber connects, for `pipc_subscriber_connect_opts`.
+ *
+ * Set every field: a zero-filled struct asks for adaptive waiting and no reconnection at
+ * all. (`pipc_subscriber_connect_opts` with NULL options takes the defaults: no group, no
+ * filter, the server's `wait` setting, 30 seconds to reconnect.)
+ */
+typedef struct pipc_subscriber_opts {
+    /**
+     * NULL: a plain subscriber, which receives every packet. Else the name of a group to
+     * join (up to 64 letters, digits, `.`, `_` or `-`): the server spreads its packets
+     * over the members, each getting its share (by flow, address pair or whole batch, as
+     * the server's `group-balance` says), every packet going to one member.
+     */
+    const char *group;
+    /**
+     * NULL: no filter. Else a tcpdump filter expression (`"udp"`, `"tcp port 80"`...):
+     * only the packets that match are received. It is compiled with libpcap, loaded at
+     * run time, for the server's link type.
+     */
+    const char *filter;
+    /**
+     * How to wait for batches: `PIPC_WAIT_ADAPTIVE`, `PIPC_WAIT_SPIN` or `PIPC_WAIT_PARK`.
+     */
+    int wait;
+    /**
+     * How long to wait for a daemon to come back when it stops or dies, in milliseconds:
+     * 0 not at all (`pipc_subscriber_recv` then returns `PIPC_END` at once); negative, the
+     * default (30 seconds).
+     */
+    int reconnect_wait_ms;
+} pipc_subscriber_opts;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -220,8 +287,8 @@ const char *pipc_strerror(int status);
 
 /**
  * Returns the detail of the last error on the calling thread: what failed and why, with
- * names (the server, the rendezvous file, the daemon's reason...). Returns an empty string
- * (never NULL) when no call has failed on this thread.
+ * names (the server, the rendezvous file, the daemon's reason, libpcap's message...).
+ * Returns an empty string (never NULL) when no call has failed on this thread.
  *
  * Successful calls do not clear it: read it right after a call returned a negative status.
  *
@@ -270,6 +337,23 @@ int pipc_producer_connect(const char *server, struct pipc_producer **out);
 int pipc_producer_send(struct pipc_producer *p, const struct pipc_packet *packets, size_t count);
 
 /**
+ * Tells the daemon how many packets this producer's source has lost so far: a running
+ * total since the producer connected, not an increment (for a libpcap capture, the sum
+ * of `pcap_stats`' `ps_drop` and `ps_ifdrop`, which wrap at 2^32: keep your own 64-bit
+ * total). The daemon reads it about every tenth of a second; `packet-ipc stats` shows it
+ * per producer and per server (where departed producers' drops stay counted), so that a
+ * source that cannot keep up is told apart from a subscriber that cannot. A producer
+ * that reconnects to a new daemon reports its last total there again.
+ *
+ * Returns `PIPC_OK`, or `PIPC_ERR_INVALID_ARGUMENT` if `p` is NULL.
+ *
+ * # Safety
+ *
+ * `p` must be NULL or a live producer not used by another thread during the call.
+ */
+int pipc_producer_report_source_drops(struct pipc_producer *p, uint64_t total);
+
+/**
  * Closes the producer and frees it. Every batch `pipc_producer_send` accepted has been
  * handed to the daemon, which delivers it to the subscribers after the producer is gone.
  * NULL is accepted and does nothing.
@@ -284,7 +368,8 @@ void pipc_producer_free(struct pipc_producer *p);
 /**
  * Connects a subscriber to the named server of the running `packet-ipcd` (found as
  * `pipc_producer_connect` says). Once it returns `PIPC_OK`, every batch the server gets
- * after that is delivered to this subscriber.
+ * after that is delivered to this subscriber. The same as
+ * `pipc_subscriber_connect_opts(server, NULL, out)`.
  *
  * On `PIPC_OK`, `*out` is a new subscriber to free with `pipc_subscriber_free`; on an
  * error `*out` is set to NULL (when `out` is not NULL) and `pipc_last_error` says why.
@@ -297,14 +382,59 @@ void pipc_producer_free(struct pipc_producer *p);
 int pipc_subscriber_connect(const char *server, struct pipc_subscriber **out);
 
 /**
+ * Connects a subscriber as `pipc_subscriber_connect` does, with options: a group to
+ * join, a filter, how to wait, how long to wait for a daemon to come back (see
+ * `pipc_subscriber_opts`). NULL `opts` takes the defaults. Once it returns `PIPC_OK`,
+ * every batch the server gets after that is delivered to this subscriber (its share of
+ * it, in a group; the packets its filter matches).
+ *
+ * On `PIPC_OK`, `*out` is a new subscriber to free with `pipc_subscriber_free`; on an
+ * error `*out` is set to NULL (when `out` is not NULL) and `pipc_last_error` says why:
+ * `PIPC_ERR_INVALID_ARGUMENT` for a bad `opts->wait`, a string that is not UTF-8, or a
+ * filter expression libpcap rejects (with libpcap's message); `PIPC_ERR_UNAVAILABLE` if
+ * a filter is asked for and libpcap cannot be loaded; `PIPC_ERR_REFUSED` for a group name
+ * the daemon does not accept; the errors of `pipc_subscriber_connect` otherwise.
+ *
+ * # Safety
+ *
+ * `server` must be NULL or a NUL-terminated string; `out` must be NULL or point to
+ * writable storage for a pointer (NULL for either returns `PIPC_ERR_INVALID_ARGUMENT`).
+ * `opts` must be NULL or point to a readable `pipc_subscriber_opts` whose `group` and
+ * `filter` are each NULL or a NUL-terminated string; they are read during the call only.
+ */
+int pipc_subscriber_connect_opts(const char *server,
+                                 const struct pipc_subscriber_opts *opts,
+                                 struct pipc_subscriber **out);
+
+/**
+ * Sets the subscriber's filter, at any time after it connected: from the next batch
+ * `pipc_subscriber_recv` gives, only the packets that match the tcpdump filter
+ * expression `expr` are received (batches already received keep their packets). NULL
+ * `expr` removes the filter: every packet (of its share, in a group) is received again.
+ *
+ * Returns `PIPC_OK`; `PIPC_ERR_INVALID_ARGUMENT` if `s` is NULL, `expr` is not UTF-8, or
+ * libpcap rejects the expression (its message is in `pipc_last_error`);
+ * `PIPC_ERR_UNAVAILABLE` if libpcap cannot be loaded. On an error the filter is left as
+ * it was.
+ *
+ * # Safety
+ *
+ * `s` must be NULL or a live subscriber not used by another thread during the call;
+ * `expr` must be NULL or a NUL-terminated string (read during the call only).
+ */
+int pipc_subscriber_set_filter(struct pipc_subscriber *s, const char *expr);
+
+/**
  * Receives the next batch, waiting at most `timeout_ms` milliseconds (a negative
  * `timeout_ms` waits as long as it takes; 0 only takes a batch that is already there).
  *
  * Returns `PIPC_OK` with `*out` set to a batch to free with `pipc_batch_free`,
  * `PIPC_TIMEOUT` if none came in time, or `PIPC_END` once the server is gone for good;
  * `*out` is NULL whenever the status is not `PIPC_OK`. When the daemon stops, the
- * subscriber waits (up to 30 seconds, which may exceed `timeout_ms`) for one to come back
- * and goes on: packets sent meanwhile may be missing.
+ * subscriber waits (up to 30 seconds, or `opts.reconnect_wait_ms`; this may exceed
+ * `timeout_ms`) for one to come back and goes on: packets sent meanwhile may be missing.
+ * A batch with no packet for this subscriber (all filtered out) is not given: the call
+ * goes on waiting for one, within `timeout_ms`.
  *
  * # Safety
  *
@@ -358,7 +488,9 @@ int pipc_batch_get(const struct pipc_batch *b, size_t i, struct pipc_packet *out
 
 /**
  * The server's sequence number of this batch: it grows by one per batch the server got,
- * so a gap shows batches this subscriber missed (0 for NULL).
+ * so a gap shows batches this subscriber was not given: lost ones (`pipc_batch_lost`
+ * counts them), and, for a filtered subscriber or a group member, batches with none of
+ * its packets (0 for NULL).
  *
  * # Safety
  *
@@ -375,6 +507,28 @@ uint64_t pipc_batch_seq(const struct pipc_batch *b);
  * `b` must be NULL or a live batch from `pipc_subscriber_recv`.
  */
 uint64_t pipc_batch_lost(const struct pipc_batch *b);
+
+/**
+ * The number of packets in the batches `pipc_batch_lost` counts (this subscriber's share
+ * of them, for a group member); 0 for NULL. (An addition to the designed C API, which
+ * counts lost batches only.)
+ *
+ * # Safety
+ *
+ * `b` must be NULL or a live batch from `pipc_subscriber_recv`.
+ */
+uint64_t pipc_batch_lost_packets(const struct pipc_batch *b);
+
+/**
+ * 1 when the group's flows moved between its members before this batch (a member joined
+ * or left): flows may have moved to or from this member, so per-flow state may be
+ * incomplete from here on; else 0 (always 0 outside a group, and for NULL).
+ *
+ * # Safety
+ *
+ * `b` must be NULL or a live batch from `pipc_subscriber_recv`.
+ */
+int pipc_batch_reassigned(const struct pipc_batch *b);
 
 /**
  * Frees the batch and gives its shared memory back to the producer; the `data` pointers

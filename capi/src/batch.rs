@@ -199,7 +199,9 @@ pub unsafe extern "C" fn pipc_batch_get(
 }
 
 /// The server's sequence number of this batch: it grows by one per batch the server got,
-/// so a gap shows batches this subscriber missed (0 for NULL).
+/// so a gap shows batches this subscriber was not given: lost ones (`pipc_batch_lost`
+/// counts them), and, for a filtered subscriber or a group member, batches with none of
+/// its packets (0 for NULL).
 ///
 /// # Safety
 ///
@@ -220,6 +222,36 @@ pub unsafe extern "C" fn pipc_batch_seq(b: *const pipc_batch) -> u64 {
 pub unsafe extern "C" fn pipc_batch_lost(b: *const pipc_batch) -> u64 {
     // SAFETY: per the contract.
     unsafe { read("pipc_batch_lost", b, 0, |b| b.batch.lost()) }
+}
+
+/// The number of packets in the batches `pipc_batch_lost` counts (this subscriber's share
+/// of them, for a group member); 0 for NULL. (An addition to the designed C API, which
+/// counts lost batches only.)
+///
+/// # Safety
+///
+/// `b` must be NULL or a live batch from `pipc_subscriber_recv`.
+#[no_mangle]
+pub unsafe extern "C" fn pipc_batch_lost_packets(b: *const pipc_batch) -> u64 {
+    // SAFETY: per the contract.
+    unsafe { read("pipc_batch_lost_packets", b, 0, |b| b.batch.lost_packets()) }
+}
+
+/// 1 when the group's flows moved between its members before this batch (a member joined
+/// or left): flows may have moved to or from this member, so per-flow state may be
+/// incomplete from here on; else 0 (always 0 outside a group, and for NULL).
+///
+/// # Safety
+///
+/// `b` must be NULL or a live batch from `pipc_subscriber_recv`.
+#[no_mangle]
+pub unsafe extern "C" fn pipc_batch_reassigned(b: *const pipc_batch) -> c_int {
+    // SAFETY: per the contract.
+    unsafe {
+        read("pipc_batch_reassigned", b, 0, |b| {
+            c_int::from(b.batch.reassigned())
+        })
+    }
 }
 
 /// Frees the batch and gives its shared memory back to the producer; the `data` pointers

@@ -13,7 +13,7 @@
 //!   argument checks);
 //! - `packet`: `pipc_packet`;
 //! - `producer`: `pipc_producer` and its functions;
-//! - `subscriber`: `pipc_subscriber` and its functions;
+//! - `subscriber`: `pipc_subscriber`, its options and its functions;
 //! - `batch`: `pipc_batch` and its functions.
 //!
 //! cbindgen reads this file and the modules it declares, in this order, which is the
@@ -36,18 +36,25 @@ mod subscriber;
 mod batch;
 
 pub use batch::{
-    pipc_batch, pipc_batch_free, pipc_batch_get, pipc_batch_len, pipc_batch_lost, pipc_batch_seq,
+    pipc_batch, pipc_batch_free, pipc_batch_get, pipc_batch_len, pipc_batch_lost,
+    pipc_batch_lost_packets, pipc_batch_reassigned, pipc_batch_seq,
 };
 pub use packet::pipc_packet;
-pub use producer::{pipc_producer, pipc_producer_connect, pipc_producer_free, pipc_producer_send};
+pub use producer::{
+    pipc_producer, pipc_producer_connect, pipc_producer_free, pipc_producer_report_source_drops,
+    pipc_producer_send,
+};
 pub use status::{
     pipc_last_error, pipc_strerror, PIPC_END, PIPC_ERR_BAD_BATCH, PIPC_ERR_BATCH_TOO_LARGE,
     PIPC_ERR_DISCONNECTED, PIPC_ERR_INTERNAL, PIPC_ERR_INVALID_ARGUMENT, PIPC_ERR_IO,
     PIPC_ERR_NO_ANSWER, PIPC_ERR_NO_DAEMON, PIPC_ERR_OUT_OF_RANGE, PIPC_ERR_PERMISSION_DENIED,
-    PIPC_ERR_REFUSED, PIPC_ERR_SERVER_GONE, PIPC_ERR_UNKNOWN_SERVER, PIPC_OK, PIPC_TIMEOUT,
+    PIPC_ERR_REFUSED, PIPC_ERR_SERVER_GONE, PIPC_ERR_UNAVAILABLE, PIPC_ERR_UNKNOWN_SERVER, PIPC_OK,
+    PIPC_TIMEOUT,
 };
 pub use subscriber::{
-    pipc_subscriber, pipc_subscriber_connect, pipc_subscriber_free, pipc_subscriber_recv,
+    pipc_subscriber, pipc_subscriber_connect, pipc_subscriber_connect_opts, pipc_subscriber_free,
+    pipc_subscriber_opts, pipc_subscriber_recv, pipc_subscriber_set_filter, PIPC_WAIT_ADAPTIVE,
+    PIPC_WAIT_PARK, PIPC_WAIT_SPIN,
 };
 
 #[cfg(test)]

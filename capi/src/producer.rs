@@ -149,6 +149,33 @@ pub unsafe extern "C" fn pipc_producer_send(
     })
 }
 
+/// Tells the daemon how many packets this producer's source has lost so far: a running
+/// total since the producer connected, not an increment (for a libpcap capture, the sum
+/// of `pcap_stats`' `ps_drop` and `ps_ifdrop`, which wrap at 2^32: keep your own 64-bit
+/// total). The daemon reads it about every tenth of a second; `packet-ipc stats` shows it
+/// per producer and per server (where departed producers' drops stay counted), so that a
+/// source that cannot keep up is told apart from a subscriber that cannot. A producer
+/// that reconnects to a new daemon reports its last total there again.
+///
+/// Returns `PIPC_OK`, or `PIPC_ERR_INVALID_ARGUMENT` if `p` is NULL.
+///
+/// # Safety
+///
+/// `p` must be NULL or a live producer not used by another thread during the call.
+#[no_mangle]
+pub unsafe extern "C" fn pipc_producer_report_source_drops(
+    p: *mut pipc_producer,
+    total: u64,
+) -> c_int {
+    const F: &str = "pipc_producer_report_source_drops";
+    guard(F, || {
+        // SAFETY: `p` is NULL or a live producer used by this thread only.
+        let p = unsafe { handle_mut(F, "p", p) }?;
+        p.producer.report_source_drops(total);
+        Ok(PIPC_OK)
+    })
+}
+
 /// Closes the producer and frees it. Every batch `pipc_producer_send` accepted has been
 /// handed to the daemon, which delivers it to the subscribers after the producer is gone.
 /// NULL is accepted and does nothing.

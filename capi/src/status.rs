@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use packet_ipc::libpcap::FilterError;
 use packet_ipc::Error;
 
 // ---------------------------------------------------------------------------------------
@@ -25,8 +26,9 @@ pub const PIPC_OK: c_int = 0;
 pub const PIPC_END: c_int = 1;
 /// `pipc_subscriber_recv`: no batch arrived within the timeout. Not an error.
 pub const PIPC_TIMEOUT: c_int = 2;
-/// A pointer argument is NULL, the server name is not UTF-8, or a packet has
-/// `data == NULL` with `caplen > 0`.
+/// A pointer argument is NULL, a string is not UTF-8, a packet has `data == NULL` with
+/// `caplen > 0`, an option is out of range (`pipc_subscriber_opts.wait`), or libpcap
+/// rejects a filter expression (its message is in the detail).
 pub const PIPC_ERR_INVALID_ARGUMENT: c_int = -1;
 /// No `packet-ipcd` is running where the client looked (the detail names the
 /// rendezvous file; see `PACKET_IPC_RUNTIME_DIR`).
@@ -35,7 +37,8 @@ pub const PIPC_ERR_NO_DAEMON: c_int = -2;
 pub const PIPC_ERR_UNKNOWN_SERVER: c_int = -3;
 /// This user may not use that server in that role (its producer or subscriber group).
 pub const PIPC_ERR_PERMISSION_DENIED: c_int = -4;
-/// The daemon refused the connection (for example: no producer slot free).
+/// The daemon refused the connection (for example: no producer slot free, or a subscriber
+/// group name it does not accept).
 pub const PIPC_ERR_REFUSED: c_int = -5;
 /// The daemon did not answer the connection request in time.
 pub const PIPC_ERR_NO_ANSWER: c_int = -6;
@@ -57,6 +60,12 @@ pub const PIPC_ERR_OUT_OF_RANGE: c_int = -12;
 /// A bug in packet-ipc: an unexpected error, or a panic that was caught at the boundary.
 /// The detail says what happened; please report it.
 pub const PIPC_ERR_INTERNAL: c_int = -13;
+/// `pipc_subscriber_connect_opts`, `pipc_subscriber_set_filter`: a filter was asked for,
+/// but libpcap, which compiles filters and is loaded at run time, cannot be used: it is
+/// not installed (the detail names the Debian package to install, `libpcap0.8`), too old,
+/// or could not make a handle. Nothing was connected or changed. (Added with the filters,
+/// after `PIPC_ERR_INTERNAL`, so that no earlier code changed.)
+pub const PIPC_ERR_UNAVAILABLE: c_int = -14;
 
 /// Every status code, with its `pipc_strerror` text: the one place they are listed.
 pub(crate) const STATUS_TEXT: &[(c_int, &CStr)] = &[
@@ -65,7 +74,7 @@ pub(crate) const STATUS_TEXT: &[(c_int, &CStr)] = &[
     (PIPC_TIMEOUT, c"timed out"),
     (
         PIPC_ERR_INVALID_ARGUMENT,
-        c"invalid argument (NULL pointer or bad value)",
+        c"invalid argument (NULL pointer, bad value or bad filter expression)",
     ),
     (PIPC_ERR_NO_DAEMON, c"no packet-ipcd is running"),
     (PIPC_ERR_UNKNOWN_SERVER, c"unknown server"),
@@ -82,6 +91,10 @@ pub(crate) const STATUS_TEXT: &[(c_int, &CStr)] = &[
     (PIPC_ERR_IO, c"I/O or transport error"),
     (PIPC_ERR_OUT_OF_RANGE, c"index out of range"),
     (PIPC_ERR_INTERNAL, c"internal error in packet-ipc"),
+    (
+        PIPC_ERR_UNAVAILABLE,
+        c"libpcap is unavailable (it compiles the filters)",
+    ),
 ];
 
 /// The status code of a library error.
@@ -97,6 +110,10 @@ pub(crate) fn status_of(e: &Error) -> c_int {
         Error::BatchTooLarge { .. } => PIPC_ERR_BATCH_TOO_LARGE,
         Error::Batch(_) => PIPC_ERR_BAD_BATCH,
         Error::Transport(_) | Error::Spool(_) => PIPC_ERR_IO,
+        Error::Filter(FilterError::Invalid { .. }) => PIPC_ERR_INVALID_ARGUMENT,
+        Error::Filter(FilterError::Libpcap(_) | FilterError::NoHandle { .. }) => {
+            PIPC_ERR_UNAVAILABLE
+        }
         _ => PIPC_ERR_INTERNAL,
     }
 }
@@ -329,8 +346,8 @@ pub extern "C" fn pipc_strerror(status: c_int) -> *const c_char {
 }
 
 /// Returns the detail of the last error on the calling thread: what failed and why, with
-/// names (the server, the rendezvous file, the daemon's reason...). Returns an empty string
-/// (never NULL) when no call has failed on this thread.
+/// names (the server, the rendezvous file, the daemon's reason, libpcap's message...).
+/// Returns an empty string (never NULL) when no call has failed on this thread.
 ///
 /// Successful calls do not clear it: read it right after a call returned a negative status.
 ///
