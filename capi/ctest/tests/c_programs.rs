@@ -441,13 +441,20 @@ fn example_producer_to_example_subscriber_under_valgrind() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let pcap = dir.path().join("out.pcap");
     let pcap_arg = pcap.to_str().expect("a UTF-8 path");
-    // 1000 packets in batches of 64; the subscriber stops after 900, inside batch 15.
+    // 1000 packets in batches of 64; the subscriber stops after 900, inside batch 15. Its
+    // filter keeps every packet (all of the producer's ethertype): the filtered path,
+    // whose batches are lists of the packets that matched.
     let (sent, wanted) = (1000u64, 900usize);
 
     let mut subscriber = daemon
         .valgrind(
             &built.bin("subscriber"),
-            &["default", &wanted.to_string(), pcap_arg],
+            &[
+                "default",
+                &wanted.to_string(),
+                pcap_arg,
+                "ether proto 0x88b5",
+            ],
         )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
