@@ -3,13 +3,14 @@
  *
  *   cc -Wall -Wextra -Werror subscriber.c -o subscriber \
  *      $(pkg-config --cflags --libs packet_ipc) -lpcap
- *   ./subscriber [SERVER [COUNT [OUT.pcap]]]   (default: default 1000 out.pcap)
+ *   ./subscriber [SERVER [COUNT [OUT.pcap [FILTER]]]]   (default: default 1000 out.pcap)
  *
  * Prints "subscribed to SERVER" on stderr once it will receive the next batch sent, then a
  * line per batch, and stops after COUNT packets (cutting the last batch if needed), at the
  * end of the stream, or after 30 seconds without a batch. The packets are read in place
  * (pipc_batch_get copies nothing) and written with libpcap: open the file with
- * `tshark -r OUT.pcap` or `tcpdump -r OUT.pcap`.
+ * `tshark -r OUT.pcap` or `tcpdump -r OUT.pcap`. With FILTER, a tcpdump expression such as
+ * "udp" or "tcp port 443", only the packets that match are received.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -27,6 +28,7 @@ int main(int argc, char **argv)
     const char *server = argc > 1 ? argv[1] : "default";
     uint64_t count = argc > 2 ? strtoull(argv[2], NULL, 10) : 1000;
     const char *path = argc > 3 ? argv[3] : "out.pcap";
+    const char *filter = argc > 4 ? argv[4] : NULL;
 
     /* A pcap of Ethernet frames (the server's link type by default), microsecond
      * timestamps, the classic format every tool reads. */
@@ -47,6 +49,15 @@ int main(int argc, char **argv)
     if (rc != PIPC_OK) {
         fprintf(stderr, "subscriber: cannot subscribe to %s: %s (%s)\n", server,
                 pipc_strerror(rc), pipc_last_error());
+        pcap_dump_close(dumper);
+        pcap_close(dead);
+        return 1;
+    }
+    /* Also possible at connection time: pipc_subscriber_connect_opts with opts.filter. */
+    if (filter != NULL && (rc = pipc_subscriber_set_filter(s, filter)) != PIPC_OK) {
+        fprintf(stderr, "subscriber: bad filter: %s (%s)\n", pipc_strerror(rc),
+                pipc_last_error());
+        pipc_subscriber_free(s);
         pcap_dump_close(dumper);
         pcap_close(dead);
         return 1;

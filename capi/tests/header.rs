@@ -1,5 +1,6 @@
-//! The committed header `include/packet_ipc.h` is what cbindgen generates from
-//! `src/lib.rs` with `cbindgen.toml`. CI runs this test, so a stale header fails the build.
+//! The committed header `include/packet_ipc.h` is what cbindgen generates from `src/`
+//! (`lib.rs` and the modules it declares) with `cbindgen.toml`. CI runs this test, so a
+//! stale header fails the build.
 //!
 //! To update the header after changing the API:
 //!
@@ -39,7 +40,7 @@ fn header_is_up_to_date() {
         let fresh = std::env::temp_dir().join(format!("packet_ipc.{}.h", std::process::id()));
         std::fs::write(&fresh, &generated).expect("write the generated header");
         panic!(
-            "capi/include/packet_ipc.h is not what cbindgen generates from capi/src/lib.rs.\n\
+            "capi/include/packet_ipc.h is not what cbindgen generates from capi/src/.\n\
              See the difference:  diff -u {} {}\n\
              Update it:           PIPC_UPDATE_HEADER=1 cargo test -p packet-ipc-capi --test header",
             committed_path.display(),
@@ -54,13 +55,21 @@ fn header_declares_the_contract() {
     // cbindgen (style "both": a tag and a typedef for each struct) names the structs with
     // their tag in prototypes, `struct pipc_producer **out`: the same type as DESIGN.md's
     // `pipc_producer **out`. Compared without it; the typedefs are checked as they are.
-    let plain = header.replace("struct pipc_", "pipc_");
+    // Whitespace runs are compared as one space: cbindgen wraps long prototypes.
+    let plain = header
+        .replace("struct pipc_", "pipc_")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace("( ", "(");
     for typedef in [
         "typedef struct pipc_producer pipc_producer;",
         "typedef struct pipc_subscriber pipc_subscriber;",
         "typedef struct pipc_batch pipc_batch;",
         "typedef struct pipc_packet {",
         "} pipc_packet;",
+        "typedef struct pipc_subscriber_opts {",
+        "} pipc_subscriber_opts;",
     ] {
         assert!(
             header.contains(typedef),
@@ -83,6 +92,17 @@ fn header_declares_the_contract() {
         "uint64_t pipc_batch_seq(const pipc_batch *b);",
         "uint64_t pipc_batch_lost(const pipc_batch *b);",
         "void pipc_batch_free(pipc_batch *b);",
+        // Added with the broker on rings: options, filters, groups, source drops.
+        "#define PIPC_ERR_UNAVAILABLE -14",
+        "#define PIPC_WAIT_ADAPTIVE 0",
+        "#define PIPC_WAIT_SPIN 1",
+        "#define PIPC_WAIT_PARK 2",
+        "int pipc_subscriber_connect_opts(const char *server, const pipc_subscriber_opts *opts, \
+         pipc_subscriber **out);",
+        "int pipc_subscriber_set_filter(pipc_subscriber *s, const char *expr);",
+        "int pipc_producer_report_source_drops(pipc_producer *p, uint64_t total);",
+        "int pipc_batch_reassigned(const pipc_batch *b);",
+        "uint64_t pipc_batch_lost_packets(const pipc_batch *b);",
     ] {
         assert!(plain.contains(line), "the header lacks `{line}`:\n{header}");
     }
@@ -91,8 +111,12 @@ fn header_declares_the_contract() {
         "uint32_t caplen;",
         "uint32_t origlen;",
         "const uint8_t *data;",
+        "const char *group;",
+        "const char *filter;",
+        "int wait;",
+        "int reconnect_wait_ms;",
     ] {
-        assert!(header.contains(field), "pipc_packet lacks `{field}`");
+        assert!(header.contains(field), "a struct lacks `{field}`");
     }
     assert!(
         header.contains("pcap_pkthdr"),

@@ -7,14 +7,21 @@
  * Checks the argument checks and error reporting, then sends packets with every kind of
  * edge (empty, jumbo, cut short, origlen below caplen, timestamps 0 and UINT64_MAX) through
  * the daemon to a subscriber in the same process and checks that every byte, length and
- * timestamp arrived (and that a packet over the server's snaplen is cut to it), reading one batch from several threads at once and one batch after
- * its subscriber was freed. Prints "N passed, N failed" and exits non-zero on a failure.
+ * timestamp arrived (and that a packet over the server's snaplen is cut to it), reading
+ * one batch from several threads at once and one batch after its subscriber was freed.
+ * Then filters (UDP and TCP frames built here; the filter changed mid-stream), a group of
+ * two members that together receive every packet once, each flow to one member, the
+ * first member seeing its flows reassigned when the second joins, and source drops
+ * reported by a producer: SOURCE_DROPS in all, which ../tests/c_programs.rs checks in
+ * the daemon's stats once this program is done. Prints "N passed, N failed" and exits
+ * non-zero on a failure.
  */
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <packet_ipc.h>
 
@@ -148,11 +155,35 @@ static void arguments_are_checked(void)
     CHECK(pipc_batch_get(NULL, 0, &pkt) == PIPC_ERR_INVALID_ARGUMENT, "NULL batch");
     CHECK(pipc_batch_len(NULL) == 0 && pipc_batch_seq(NULL) == 0 && pipc_batch_lost(NULL) == 0,
           "getters of NULL");
+    CHECK(pipc_batch_lost_packets(NULL) == 0 && pipc_batch_reassigned(NULL) == 0,
+          "new getters of NULL");
+    CHECK(pipc_producer_report_source_drops(NULL, 1) == PIPC_ERR_INVALID_ARGUMENT,
+          "NULL producer");
+    CHECK(pipc_subscriber_set_filter(NULL, "udp") == PIPC_ERR_INVALID_ARGUMENT,
+          "NULL subscriber");
+    CHECK(pipc_subscriber_set_filter(NULL, NULL) == PIPC_ERR_INVALID_ARGUMENT,
+          "NULL subscriber, no filter");
+    pipc_subscriber_opts opts = {NULL, NULL, PIPC_WAIT_PARK, -1};
+    s = (pipc_subscriber *)&passed;
+    CHECK(pipc_subscriber_connect_opts(NULL, &opts, &s) == PIPC_ERR_INVALID_ARGUMENT,
+          "NULL server");
+    CHECK(s == NULL, "*out is NULL after a failure");
+    CHECK(pipc_subscriber_connect_opts("default", NULL, NULL) == PIPC_ERR_INVALID_ARGUMENT,
+          "NULL out");
+    opts.wait = 3;
+    CHECK(pipc_subscriber_connect_opts("default", &opts, &s) == PIPC_ERR_INVALID_ARGUMENT,
+          "wait 3");
+    CHECK(strstr(pipc_last_error(), "opts->wait is 3") != NULL, "detail: %s", pipc_last_error());
+    opts.wait = -1;
+    CHECK(pipc_subscriber_connect_opts("default", &opts, &s) == PIPC_ERR_INVALID_ARGUMENT,
+          "wait -1");
+    CHECK(s == NULL, "no subscriber");
     pipc_producer_free(NULL);
     pipc_subscriber_free(NULL);
     pipc_batch_free(NULL);
 
-    for (int code = PIPC_ERR_INTERNAL; code <= PIPC_TIMEOUT; code++) {
+    CHECK(PIPC_ERR_UNAVAILABLE < PIPC_ERR_INTERNAL, "the codes added come after");
+    for (int code = PIPC_ERR_UNAVAILABLE; code <= PIPC_TIMEOUT; code++) {
         const char *text = pipc_strerror(code);
         CHECK(text != NULL && text[0] != '\0' && strcmp(text, "unknown status") != 0,
               "strerror(%d)", code);
@@ -313,12 +344,276 @@ static void round_trip(const char *server)
     }
 }
 
+/* ---- frames with flows, for filters and groups ---- */
+
+#define FRAME_MAX 64
+#define PROTO_TCP 6
+#define PROTO_UDP 17
+
+/* Writes an Ethernet frame of IPv4 into buf: UDP or TCP, flow `flow` (its source address
+ * and port), carrying `id` in its last two bytes; returns its length. */
+static uint32_t make_frame(uint8_t *buf, int proto, unsigned flow, uint16_t id)
+{
+    static const uint8_t eth[14] = {2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00};
+    uint32_t l4 = proto == PROTO_UDP ? 8 : 20;
+    uint32_t len = 14 + 20 + l4 + 2;
+    memset(buf, 0, len);
+    memcpy(buf, eth, sizeof eth);
+    uint8_t *ip = buf + 14;
+    ip[0] = 0x45;
+    ip[2] = (uint8_t)((len - 14) >> 8);
+    ip[3] = (uint8_t)(len - 14);
+    ip[8] = 64;
+    ip[9] = (uint8_t)proto;
+    ip[12] = 10, ip[13] = 1, ip[14] = (uint8_t)(flow >> 8), ip[15] = (uint8_t)flow;
+    ip[16] = 10, ip[17] = 2, ip[18] = 0, ip[19] = 1;
+    uint8_t *l = ip + 20;
+    l[0] = (uint8_t)((1024 + flow) >> 8);
+    l[1] = (uint8_t)(1024 + flow);
+    l[2] = 0;
+    l[3] = proto == PROTO_UDP ? 53 : 80;
+    if (proto == PROTO_UDP) {
+        l[5] = 8 + 2;
+    } else {
+        l[7] = 1;     /* sequence number */
+        l[12] = 0x50; /* header length: 5 words */
+        l[13] = 0x18; /* PSH ACK */
+        l[14] = 0xff, l[15] = 0xff;
+    }
+    buf[len - 2] = (uint8_t)(id >> 8);
+    buf[len - 1] = (uint8_t)id;
+    return len;
+}
+
+/* The id a frame of make_frame carries. */
+static uint16_t id_of(const pipc_packet *p)
+{
+    if (p->caplen < 2)
+        return UINT16_MAX;
+    return (uint16_t)(p->data[p->caplen - 2] << 8 | p->data[p->caplen - 1]);
+}
+
+/* Sends frames first_id .. first_id + n - 1 as one batch: frame k on flow k % flows, UDP
+ * when is_udp(k), else TCP. */
+static int send_frames(pipc_producer *p, uint16_t first_id, size_t n, unsigned flows,
+                       int (*is_udp)(unsigned))
+{
+    static uint8_t bufs[256][FRAME_MAX];
+    pipc_packet pkts[256];
+    if (n > 256)
+        return PIPC_ERR_INVALID_ARGUMENT;
+    for (size_t k = 0; k < n; k++) {
+        unsigned id = first_id + (unsigned)k;
+        pkts[k].ts_nanos = 1000u + id;
+        pkts[k].caplen = pkts[k].origlen =
+            make_frame(bufs[k], is_udp(id) ? PROTO_UDP : PROTO_TCP, id % flows, (uint16_t)id);
+        pkts[k].data = bufs[k];
+    }
+    return pipc_producer_send(p, pkts, n);
+}
+
+static int even_is_udp(unsigned id) { return id % 2 == 0; }
+static int all_udp(unsigned id) { return (void)id, 1; }
+
+/* Receives one batch into ids (at most max); returns how many, or -1. */
+static int recv_ids(pipc_subscriber *s, int timeout_ms, uint16_t *ids, size_t max,
+                    int *reassigned)
+{
+    pipc_batch *b = NULL;
+    int rc = pipc_subscriber_recv(s, timeout_ms, &b);
+    if (rc != PIPC_OK)
+        return rc == PIPC_TIMEOUT ? 0 : -1;
+    size_t n = pipc_batch_len(b);
+    if (reassigned != NULL)
+        *reassigned = pipc_batch_reassigned(b);
+    for (size_t i = 0; i < n && i < max; i++) {
+        pipc_packet p;
+        if (pipc_batch_get(b, i, &p) != PIPC_OK) {
+            pipc_batch_free(b);
+            return -1;
+        }
+        ids[i] = id_of(&p);
+    }
+    pipc_batch_free(b);
+    return (int)(n < max ? n : max);
+}
+
+/* 1 if ids[0..n) are first, first + step, first + 2 step... (count of them). */
+static int ids_are(const uint16_t *ids, int n, unsigned first, unsigned step, int count)
+{
+    if (n != count)
+        return 0;
+    for (int i = 0; i < n; i++)
+        if (ids[i] != first + (unsigned)i * step)
+            return 0;
+    return 1;
+}
+
+static void filters(const char *server)
+{
+    /* A filter libpcap rejects: libpcap's message, no subscriber. */
+    pipc_subscriber_opts opts = {NULL, "udp and and", PIPC_WAIT_ADAPTIVE, 0};
+    pipc_subscriber *s = (pipc_subscriber *)&passed;
+    int rc = pipc_subscriber_connect_opts(server, &opts, &s);
+    CHECK(rc == PIPC_ERR_INVALID_ARGUMENT, "bad filter: %d %s", rc, pipc_strerror(rc));
+    CHECK(s == NULL, "no subscriber");
+    CHECK(strstr(pipc_last_error(), "udp and and") != NULL
+              && strstr(pipc_last_error(), "syntax error") != NULL,
+          "libpcap's message: %s", pipc_last_error());
+
+    opts.filter = "udp";
+    rc = pipc_subscriber_connect_opts(server, &opts, &s);
+    CHECK(rc == PIPC_OK, "subscribe with filter udp");
+    pipc_producer *p = NULL;
+    CHECK(pipc_producer_connect(server, &p) == PIPC_OK, "produce");
+    if (s == NULL || p == NULL) {
+        pipc_subscriber_free(s);
+        pipc_producer_free(p);
+        return;
+    }
+    uint16_t ids[256];
+    int n;
+
+    /* 40 frames, even ids UDP, odd ones TCP: the 20 UDP ones arrive. */
+    CHECK(send_frames(p, 0, 40, 8, even_is_udp) == PIPC_OK, "send");
+    n = recv_ids(s, 10000, ids, 256, NULL);
+    CHECK(ids_are(ids, n, 0, 2, 20), "UDP only: %d packets", n);
+
+    /* Mid-stream: TCP only, then a bad expression changes nothing, then no filter. */
+    CHECK(pipc_subscriber_set_filter(s, "tcp") == PIPC_OK, "set tcp");
+    CHECK(send_frames(p, 100, 40, 8, even_is_udp) == PIPC_OK, "send");
+    n = recv_ids(s, 10000, ids, 256, NULL);
+    CHECK(ids_are(ids, n, 101, 2, 20), "TCP only: %d packets", n);
+    rc = pipc_subscriber_set_filter(s, "tcp port");
+    CHECK(rc == PIPC_ERR_INVALID_ARGUMENT, "bad filter: %d", rc);
+    CHECK(strstr(pipc_last_error(), "tcp port") != NULL, "detail: %s", pipc_last_error());
+    /* A batch of UDP only has nothing for this subscriber: it is not given at all. */
+    CHECK(send_frames(p, 300, 10, 8, all_udp) == PIPC_OK, "send");
+    CHECK(send_frames(p, 200, 40, 8, even_is_udp) == PIPC_OK, "send");
+    n = recv_ids(s, 10000, ids, 256, NULL);
+    CHECK(ids_are(ids, n, 201, 2, 20), "still TCP only: %d packets", n);
+    CHECK(pipc_subscriber_set_filter(s, NULL) == PIPC_OK, "no filter");
+    CHECK(send_frames(p, 400, 40, 8, even_is_udp) == PIPC_OK, "send");
+    n = recv_ids(s, 10000, ids, 256, NULL);
+    CHECK(ids_are(ids, n, 400, 1, 40), "everything: %d packets", n);
+    pipc_batch *none = NULL;
+    CHECK(pipc_subscriber_recv(s, 200, &none) == PIPC_TIMEOUT, "nothing more");
+
+    pipc_producer_free(p);
+    pipc_subscriber_free(s);
+}
+
+#define GROUP_FLOWS 32
+#define GROUP_BATCHES 4
+#define GROUP_BATCH 64
+#define SOURCE_DROPS 1234u /* checked by ../tests/c_programs.rs in the daemon's stats */
+
+static void sleep_ms(long ms)
+{
+    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&t, NULL);
+}
+
+static void groups(const char *server)
+{
+    pipc_subscriber_opts opts = {"capi-test", NULL, PIPC_WAIT_PARK, -1};
+    pipc_subscriber *a = NULL, *b = NULL;
+    pipc_producer *p = NULL;
+    CHECK(pipc_subscriber_connect_opts(server, &opts, &a) == PIPC_OK, "member a joins");
+    CHECK(pipc_producer_connect(server, &p) == PIPC_OK, "produce");
+    if (a == NULL || p == NULL) {
+        pipc_subscriber_free(a);
+        pipc_producer_free(p);
+        return;
+    }
+    /* A running total: the last one counts. */
+    CHECK(pipc_producer_report_source_drops(p, 100) == PIPC_OK, "report drops");
+    CHECK(pipc_producer_report_source_drops(p, SOURCE_DROPS) == PIPC_OK, "report drops");
+
+    /* Alone in the group: a gets everything, nothing reassigned. */
+    uint16_t ids[256];
+    int reassigned = -1;
+    CHECK(send_frames(p, 0, GROUP_FLOWS, GROUP_FLOWS, all_udp) == PIPC_OK, "send");
+    int n = recv_ids(a, 10000, ids, 256, &reassigned);
+    CHECK(ids_are(ids, n, 0, 1, GROUP_FLOWS), "a alone: %d packets", n);
+    CHECK(reassigned == 0, "nothing reassigned yet");
+
+    /* b joins: the flows are spread over both, each packet to one member, each flow to
+     * one member; a sees its flows reassigned. */
+    CHECK(pipc_subscriber_connect_opts(server, &opts, &b) == PIPC_OK, "member b joins");
+    if (b == NULL) {
+        pipc_subscriber_free(a);
+        pipc_producer_free(p);
+        return;
+    }
+    unsigned total = GROUP_BATCHES * GROUP_BATCH;
+    for (unsigned k = 0; k < GROUP_BATCHES; k++)
+        CHECK(send_frames(p, (uint16_t)(1000 + k * GROUP_BATCH), GROUP_BATCH, GROUP_FLOWS,
+                          all_udp) == PIPC_OK,
+              "send %u", k);
+    int seen[GROUP_BATCHES * GROUP_BATCH] = {0};
+    int owner[GROUP_FLOWS];
+    for (int f = 0; f < GROUP_FLOWS; f++)
+        owner[f] = -1;
+    unsigned got[2] = {0, 0}, batches[2] = {0, 0}, flow_moved = 0, bad = 0;
+    int first_reassigned[2] = {-1, -1};
+    pipc_subscriber *members[2] = {a, b};
+    for (int idle = 0; got[0] + got[1] < total && idle < 100;) {
+        int any = 0;
+        for (int m = 0; m < 2; m++) {
+            n = recv_ids(members[m], 100, ids, 256, &reassigned);
+            if (n < 0) {
+                bad++;
+                continue;
+            }
+            if (n == 0)
+                continue;
+            any = 1;
+            if (batches[m]++ == 0)
+                first_reassigned[m] = reassigned;
+            for (int i = 0; i < n; i++) {
+                unsigned id = ids[i];
+                if (id < 1000 || id >= 1000 + total) {
+                    bad++;
+                    continue;
+                }
+                seen[id - 1000]++;
+                unsigned flow = id % GROUP_FLOWS;
+                if (owner[flow] == -1)
+                    owner[flow] = m;
+                else if (owner[flow] != m)
+                    flow_moved++;
+            }
+            got[m] += (unsigned)n;
+        }
+        idle = any ? 0 : idle + 1;
+    }
+    unsigned once = 0;
+    for (unsigned i = 0; i < total; i++)
+        once += seen[i] == 1;
+    CHECK(bad == 0, "%u bad packets or receive errors", bad);
+    CHECK(once == total && got[0] + got[1] == total, "every packet once: %u of %u (a %u, b %u)",
+          once, total, got[0], got[1]);
+    CHECK(got[0] > 0 && got[1] > 0, "both members got packets: a %u, b %u", got[0], got[1]);
+    CHECK(flow_moved == 0, "%u packets of a flow went to the other member", flow_moved);
+    CHECK(first_reassigned[0] == 1, "a's next batch says reassigned: %d", first_reassigned[0]);
+    CHECK(first_reassigned[1] == 0, "b's first batch does not: %d", first_reassigned[1]);
+
+    /* The daemon reads the drops about every 100 ms: give it time before leaving. */
+    sleep_ms(300);
+    pipc_producer_free(p);
+    pipc_subscriber_free(a);
+    pipc_subscriber_free(b);
+}
+
 int main(int argc, char **argv)
 {
     const char *server = argc > 1 ? argv[1] : "default";
     arguments_are_checked();
     unknown_server_is_named();
     round_trip(server);
+    filters(server);
+    groups(server);
     printf("api_test: %d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
 }

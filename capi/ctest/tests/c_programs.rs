@@ -235,14 +235,45 @@ fn built() -> &'static Built {
 // ---------------------------------------------------------------------------------------
 // The daemon.
 
-/// `packet-ipcd`'s code on the embedded default configuration (one server, `default`),
-/// running on a thread of this process in a temporary runtime directory.
+/// `SOURCE_DROPS` of `c/api_test.c`: what its producer reports last.
+const API_TEST_SOURCE_DROPS: u64 = 1234;
+
+/// The overrides of the test daemon's configuration, as `PACKET_IPC__` variables.
+///
+/// Valgrind maps no single region of 64 GiB or more, and about 120 GiB in all: the
+/// embedded default's server (64 subscribers) gives each producer a pool of 64 GiB of
+/// address space (4096 slots of 16 MiB), which every client maps. With 8 subscribers at
+/// most, a pool is 776 slots (12 GiB): a program under valgrind can map a few. Everything
+/// else is the default (`max-batch-bytes` of 16 MiB, `snaplen` 65535, `group-balance =
+/// "flow"`), which `c/api_test.c` relies on.
+const TEST_SHAPE: &[(&str, &str)] = &[("PACKET_IPC__SERVERS__DEFAULT__MAX_SUBSCRIBERS", "8")];
+
+/// `packet-ipcd`'s code on the embedded default configuration (one server, `default`,
+/// shaped by [`TEST_SHAPE`]), running on a thread of this process in a temporary runtime
+/// directory.
 struct Daemon(InProcessDaemon);
 
 impl Daemon {
     fn start() -> Daemon {
-        let config = config::load_with_env(&Source::Embedded, &[]).expect("the embedded default");
+        let env: Vec<(String, String)> = TEST_SHAPE
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let config = config::load_with_env(&Source::Embedded, &env).expect("the embedded default");
         Daemon(InProcessDaemon::start(Source::Embedded, config).expect("the daemon"))
+    }
+
+    /// Checks the daemon's stats once `c/api_test.c` is done: the source drops its
+    /// producer reported (the last running total, `SOURCE_DROPS` there) are counted for
+    /// the server, that producer gone.
+    fn assert_source_drops_of_api_test(&self) {
+        let stats = packet_ipc::stats(&self.0.options(), Some("default")).expect("the stats");
+        assert_eq!(stats.len(), 1, "{stats:?}");
+        assert_eq!(
+            stats[0].source_dropped, API_TEST_SOURCE_DROPS,
+            "{:?}",
+            stats[0]
+        );
     }
 
     /// Stops the daemon; fails the test if it stopped with an error.
@@ -306,11 +337,20 @@ fn header_compiles_alone_in_strict_c_and_cpp() {
          static int (*const recv)(pipc_subscriber *, int, pipc_batch **) = pipc_subscriber_recv;\n\
          static int (*const get)(const pipc_batch *, size_t, pipc_packet *) = pipc_batch_get;\n\
          static uint64_t (*const seq)(const pipc_batch *) = pipc_batch_seq;\n\
+         static int (*const connect_o)(const char *, const pipc_subscriber_opts *,\n\
+                                       pipc_subscriber **) = pipc_subscriber_connect_opts;\n\
+         static int (*const filter)(pipc_subscriber *, const char *) = pipc_subscriber_set_filter;\n\
+         static int (*const drops)(pipc_producer *, uint64_t) = pipc_producer_report_source_drops;\n\
+         static int (*const moved)(const pipc_batch *) = pipc_batch_reassigned;\n\
+         static uint64_t (*const lostp)(const pipc_batch *) = pipc_batch_lost_packets;\n\
          int main(void) {\n\
            pipc_packet p = {0, 0, 0, 0};\n\
+           pipc_subscriber_opts o = {0, 0, PIPC_WAIT_ADAPTIVE, -1};\n\
            (void)connect_p; (void)send; (void)recv; (void)get; (void)seq;\n\
-           return (int)p.caplen + (PIPC_OK == 0 && PIPC_END > 0 && PIPC_TIMEOUT > 0 \n\
-                                   && PIPC_ERR_INVALID_ARGUMENT < 0 ? 0 : 1);\n\
+           (void)connect_o; (void)filter; (void)drops; (void)moved; (void)lostp;\n\
+           return (int)p.caplen + o.wait + (PIPC_OK == 0 && PIPC_END > 0 && PIPC_TIMEOUT > 0 \n\
+                                   && PIPC_ERR_INVALID_ARGUMENT < 0 \n\
+                                   && PIPC_ERR_UNAVAILABLE < 0 && PIPC_WAIT_SPIN != PIPC_WAIT_PARK ? 0 : 1);\n\
          }\n",
     )
     .expect("write the test source");
@@ -345,6 +385,7 @@ fn c_test_program_under_valgrind() {
     assert!(stdout.contains(" 0 failed"), "{stdout}");
     println!("{}", stdout.trim());
     println!("valgrind:\n{}", valgrind_summary(&stderr));
+    daemon.assert_source_drops_of_api_test();
     daemon.stop();
 }
 
@@ -356,6 +397,7 @@ fn c_test_program_linked_statically() {
     assert_success(&out, "api_test linked with libpacket_ipc.a");
     let stdout = text(&out.stdout);
     assert!(stdout.contains(" 0 failed"), "{stdout}");
+    daemon.assert_source_drops_of_api_test();
     // It does not need the shared library.
     let ldd = run(c_program("ldd").arg(built.bin("api_test_static")));
     assert!(!text(&ldd.stdout).contains("libpacket_ipc"), "{ldd:?}");
@@ -399,13 +441,20 @@ fn example_producer_to_example_subscriber_under_valgrind() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let pcap = dir.path().join("out.pcap");
     let pcap_arg = pcap.to_str().expect("a UTF-8 path");
-    // 1000 packets in batches of 64; the subscriber stops after 900, inside batch 15.
+    // 1000 packets in batches of 64; the subscriber stops after 900, inside batch 15. Its
+    // filter keeps every packet (all of the producer's ethertype): the filtered path,
+    // whose batches are lists of the packets that matched.
     let (sent, wanted) = (1000u64, 900usize);
 
     let mut subscriber = daemon
         .valgrind(
             &built.bin("subscriber"),
-            &["default", &wanted.to_string(), pcap_arg],
+            &[
+                "default",
+                &wanted.to_string(),
+                pcap_arg,
+                "ether proto 0x88b5",
+            ],
         )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
