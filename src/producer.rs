@@ -148,7 +148,7 @@ impl Producer {
             // The index must fit in the slot too; a batch that fills its slot goes without
             // one (the daemon then hashes its packets itself).
             let with_index = bytes + packets.len() * batch::INDEX_ENTRY_LEN;
-            if let Some(b) = balance.filter(|_| with_index <= link.slot_size()) {
+            if let Some(b) = balance.filter(|_| with_index <= link.max_batch()) {
                 options.index = true;
                 if b == Balance::IpPair {
                     options.flags = batch::FLAG_INDEX_IPPAIR;

@@ -47,9 +47,11 @@ impl HostileProducer {
     /// Writes `bytes` at the start of slot `slot` of its pool (whoever holds it).
     pub fn write_slot(&mut self, slot: u32, bytes: &[u8]) -> Result<()> {
         let link = self.link()?;
-        let size = link.slot_size();
+        let shape = link.shape();
         let (_, pool, _, _) = link.raw();
-        let at = slot as usize * size;
+        let Some((at, size)) = shape.slot(slot) else {
+            return Err(Error::Spool("outside the pool".into()));
+        };
         if at + bytes.len() > pool.len() || bytes.len() > size {
             return Err(Error::Spool("outside the pool".into()));
         }

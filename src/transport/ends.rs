@@ -16,7 +16,9 @@ use super::region::{
     SubscriberLayout, SubscriberRegion, FLAG_NOTICE,
 };
 use super::sock::{Conn, Recv};
-use super::wire::{self, Frame, NoticeCode, PoolInfo, Welcome, WelcomeRole, WireInfo, PROTOCOL};
+use super::wire::{
+    self, Frame, NoticeCode, PoolInfo, PoolShape, Welcome, WelcomeRole, WireInfo, PROTOCOL,
+};
 use super::{io_err, TransportError};
 use crate::options::WaitMode;
 
@@ -25,10 +27,8 @@ use crate::options::WaitMode;
 pub(crate) struct PoolMemory {
     /// Its id, unique for the daemon's lifetime: a new producer never reuses one.
     pub id: u64,
-    /// Slots in it.
-    pub slots: u32,
-    /// Bytes per slot.
-    pub slot_size: u32,
+    /// How it is cut into slots.
+    pub shape: PoolShape,
     /// A read-only descriptor, for subscribers.
     read_only: OwnedFd,
     /// The daemon's read-only mapping (it reads batch headers and flow indexes).
@@ -40,8 +40,7 @@ impl PoolMemory {
     pub(crate) fn info(&self) -> PoolInfo {
         PoolInfo {
             pool: self.id,
-            slots: self.slots,
-            slot_size: self.slot_size,
+            shape: self.shape,
         }
     }
 
@@ -49,12 +48,13 @@ impl PoolMemory {
     ///
     /// The producer may write them at any time: read them as data that may change.
     pub(crate) fn slot(&self, slot: u32, len: usize) -> Option<&[u8]> {
-        if slot >= self.slots || len > self.slot_size as usize {
+        let (at, size) = self.shape.slot(slot)?;
+        if len > size {
             return None;
         }
-        // SAFETY: within the mapping (checked just above and by `bytes`); the values read
-        // from it are checked by every reader.
-        unsafe { self.map.bytes(slot as usize * self.slot_size as usize, len) }
+        // SAFETY: within the mapping (checked by `bytes`); the values read from it are
+        // checked by every reader.
+        unsafe { self.map.bytes(at, len) }
     }
 }
 
@@ -62,8 +62,7 @@ impl std::fmt::Debug for PoolMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PoolMemory")
             .field("id", &self.id)
-            .field("slots", &self.slots)
-            .field("slot_size", &self.slot_size)
+            .field("shape", &self.shape)
             .finish()
     }
 }
@@ -154,17 +153,16 @@ pub(crate) struct ProducerEnd {
 }
 
 impl ProducerEnd {
-    /// Creates the producer's memory (a pool of `slots` slots of `slot_size` bytes, and its
-    /// region) and welcomes it. The pool's id is `pool_id`.
+    /// Creates the producer's memory (a pool cut as `shape` says, and its region) and
+    /// welcomes it. The pool's id is `pool_id`.
     pub(crate) fn welcome(
         conn: Conn,
         id: u64,
         info: WireInfo,
         pool_id: u64,
-        slots: u32,
-        slot_size: u32,
+        shape: PoolShape,
     ) -> Result<ProducerEnd, TransportError> {
-        let cap = slots.next_power_of_two();
+        let cap = shape.slots().next_power_of_two();
         let layout = ProducerLayout {
             desc_cap: cap,
             rel_cap: cap,
@@ -173,15 +171,16 @@ impl ProducerEnd {
             create(c"packet-ipc-producer", layout.len(), Access::ReadWrite)?;
         let region = ProducerRegion::new(Arc::new(region_map), layout)
             .ok_or_else(|| TransportError::Protocol("region layout".into()))?;
-        let pool_len = slots as usize * slot_size as usize;
+        let pool_len = shape
+            .len()
+            .ok_or_else(|| TransportError::Protocol("pool too large".into()))?;
         let (pool_fd, _) = create(c"packet-ipc-pool", pool_len, Access::Read)?;
         let read_only = memfd::read_only(pool_fd.as_fd()).map_err(io_err("sharing a pool"))?;
         let map = Mapping::new(read_only.as_fd(), pool_len, Access::Read)
             .map_err(io_err("mapping a pool"))?;
         let pool = Arc::new(PoolMemory {
             id: pool_id,
-            slots,
-            slot_size,
+            shape,
             read_only,
             map,
         });
@@ -195,8 +194,7 @@ impl ProducerEnd {
                 role: WelcomeRole::Producer {
                     layout,
                     pool: pool_id,
-                    slots,
-                    slot_size,
+                    shape,
                 },
             },
         );
@@ -475,8 +473,12 @@ pub(crate) fn test_pool(id: u64, slots: u32) -> Arc<PoolMemory> {
     let map = Mapping::new(read_only.as_fd(), slots as usize * 4096, Access::Read).unwrap();
     Arc::new(PoolMemory {
         id,
-        slots,
-        slot_size: 4096,
+        shape: PoolShape {
+            small_slots: slots,
+            small_size: 4096,
+            large_slots: 0,
+            large_size: 0,
+        },
         read_only,
         map,
     })

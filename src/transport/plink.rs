@@ -19,7 +19,7 @@ use super::region::{
 };
 use super::sock::{Conn, Recv};
 use super::wait;
-use super::wire::{self, Frame, NoticeCode, WelcomeRole, WireInfo, MAX_DAEMON_FRAME};
+use super::wire::{self, Frame, NoticeCode, PoolShape, WelcomeRole, WireInfo, MAX_DAEMON_FRAME};
 use super::{io_err, TransportError};
 use crate::batch::{self, EncodeOptions};
 use crate::options::WaitMode;
@@ -65,10 +65,11 @@ pub(crate) struct ProducerLink {
     /// The region's and the pool's descriptors (sealed: nobody can shrink them; kept so
     /// that the memory is the daemon's as long as the link lives).
     memory: [OwnedFd; 2],
-    slots: u32,
-    slot_size: usize,
-    /// Free slots, the most recently freed last (taken first).
-    free: Vec<u32>,
+    shape: PoolShape,
+    /// Free small and large slots, the most recently freed last (taken first: its pages
+    /// are the likeliest to be in cache).
+    small_free: Vec<u32>,
+    large_free: Vec<u32>,
     /// Packets in each slot the daemon holds (`None`: the slot is ours).
     held: Vec<Option<u32>>,
     desc_head: u64,
@@ -94,13 +95,7 @@ impl ProducerLink {
         wait: WaitMode,
         interrupt: Option<Arc<AtomicBool>>,
     ) -> Result<ProducerLink, TransportError> {
-        let WelcomeRole::Producer {
-            layout,
-            slots,
-            slot_size,
-            ..
-        } = role
-        else {
+        let WelcomeRole::Producer { layout, shape, .. } = role else {
             return Err(TransportError::Protocol(
                 "expected a producer welcome".into(),
             ));
@@ -109,8 +104,9 @@ impl ProducerLink {
             TransportError::Protocol("a producer welcome without its memory".into())
         })?;
         let region = map_region(&region_fd, layout)?;
-        let pool_len = (slots as usize)
-            .checked_mul(slot_size as usize)
+        let slots = shape.slots();
+        let pool_len = shape
+            .len()
             .filter(|&n| n > 0 && slots <= layout.rel_cap && slots <= layout.desc_cap)
             .ok_or_else(|| TransportError::Protocol("a pool of impossible size".into()))?;
         let size = memfd::check_sealed(pool_fd.as_fd()).map_err(io_err("checking the pool"))?;
@@ -130,10 +126,10 @@ impl ProducerLink {
             rel_tail: region.rel_tail().load(Ordering::Relaxed),
             region,
             pool,
-            slots,
-            slot_size: slot_size as usize,
+            shape,
             // Slot 0 is taken first.
-            free: (0..slots).rev().collect(),
+            small_free: (0..shape.small_slots).rev().collect(),
+            large_free: (shape.small_slots..slots).rev().collect(),
             held: vec![None; slots as usize],
             seq: 0,
             wait,
@@ -151,8 +147,14 @@ impl ProducerLink {
     }
 
     /// The largest batch a slot holds.
-    pub(crate) fn slot_size(&self) -> usize {
-        self.slot_size
+    pub(crate) fn max_batch(&self) -> usize {
+        self.shape.max_batch()
+    }
+
+    /// How the pool is cut.
+    #[cfg(feature = "daemon")]
+    pub(crate) fn shape(&self) -> PoolShape {
+        self.shape
     }
 
     /// What the daemon wants in the index of the next batch.
@@ -197,20 +199,29 @@ impl ProducerLink {
                 return Ok(Some(notice));
             }
         }
-        let slot = match self.take_slot()? {
+        let needed = batch::encoded_len_with(packets, options);
+        if needed > self.shape.max_batch() {
+            return Err(batch::BatchError::TooLarge {
+                needed,
+                capacity: self.shape.max_batch(),
+            }
+            .into());
+        }
+        let slot = match self.take_slot(needed)? {
             Ok(slot) => slot,
             Err(notice) => return Ok(Some(notice)),
         };
-        let at = slot as usize * self.slot_size;
+        let Some((at, size)) = self.shape.slot(slot) else {
+            return Err(TransportError::Protocol("a slot outside the pool".into()));
+        };
         // SAFETY: the slot is ours (it is free: the daemon gave it back, or never had it),
         // so nobody reads or writes it until we publish its descriptor; it lies within the
-        // pool mapping, which lives as long as `self`.
-        let out =
-            unsafe { std::slice::from_raw_parts_mut(self.pool.as_ptr().add(at), self.slot_size) };
+        // pool mapping (the shape was checked against it), which lives as long as `self`.
+        let out = unsafe { std::slice::from_raw_parts_mut(self.pool.as_ptr().add(at), size) };
         let len = match batch::encode_into_with(packets, self.seq, 0, out, options, hash) {
             Ok(len) => len,
             Err(e) => {
-                self.free.push(slot);
+                self.put_back(slot);
                 return Err(e.into());
             }
         };
@@ -256,15 +267,20 @@ impl ProducerLink {
         Ok(())
     }
 
-    /// A free slot; waits while there is none. `Err(notice)` when the daemon said
-    /// something that ends the wait.
-    fn take_slot(&mut self) -> Result<Result<u32, ProducerNotice>, TransportError> {
+    /// A free slot of at least `len` bytes; waits while there is none. `Err(notice)` when
+    /// the daemon said something that ends the wait.
+    fn take_slot(&mut self, len: usize) -> Result<Result<u32, ProducerNotice>, TransportError> {
+        let small = len <= self.shape.small_size as usize;
         loop {
-            if let Some(slot) = self.free.pop() {
+            let slot = if small {
+                self.small_free.pop().or_else(|| self.large_free.pop())
+            } else {
+                self.large_free.pop()
+            };
+            if let Some(slot) = slot {
                 return Ok(Ok(slot));
             }
-            self.reclaim()?;
-            if !self.free.is_empty() {
+            if self.reclaim()? {
                 continue;
             }
             if self
@@ -290,17 +306,26 @@ impl ProducerLink {
         }
     }
 
-    /// Takes back the slots the daemon released.
-    fn reclaim(&mut self) -> Result<(), TransportError> {
+    /// Puts a free slot back on its list.
+    fn put_back(&mut self, slot: u32) {
+        if slot < self.shape.small_slots {
+            self.small_free.push(slot);
+        } else {
+            self.large_free.push(slot);
+        }
+    }
+
+    /// Takes back the slots the daemon released; true when there were any.
+    fn reclaim(&mut self) -> Result<bool, TransportError> {
         let head = self.region.rel_head().load(Ordering::Acquire);
         let n = head.wrapping_sub(self.rel_tail);
         if n == 0 {
-            return Ok(());
+            return Ok(false);
         }
-        if n > u64::from(self.slots) {
+        if n > u64::from(self.shape.slots()) {
             return Err(TransportError::Protocol(format!(
                 "the daemon released {n} slots of {}",
-                self.slots
+                self.shape.slots()
             )));
         }
         while self.rel_tail != head {
@@ -313,13 +338,13 @@ impl ProducerLink {
                     )))
                 }
             }
-            self.free.push(slot);
+            self.put_back(slot);
             self.rel_tail = self.rel_tail.wrapping_add(1);
         }
         self.region
             .rel_tail()
             .store(self.rel_tail, Ordering::Release);
-        Ok(())
+        Ok(true)
     }
 
     /// Reads what the daemon sent on the socket, without waiting: a notice is returned, a

@@ -16,7 +16,9 @@ use super::memfd::{self, Access, Mapping};
 use super::region::{SubscriberDesc, SubscriberLayout, SubscriberRegion, FLAG_NOTICE};
 use super::sock::{Conn, Recv};
 use super::wait;
-use super::wire::{self, Frame, NoticeCode, PoolInfo, WelcomeRole, WireInfo, MAX_DAEMON_FRAME};
+use super::wire::{
+    self, Frame, NoticeCode, PoolInfo, PoolShape, WelcomeRole, WireInfo, MAX_DAEMON_FRAME,
+};
 use super::{io_err, TransportError};
 use crate::options::WaitMode;
 
@@ -32,8 +34,7 @@ const MAX_POOLS: usize = 1024;
 pub(crate) struct Pool {
     id: u64,
     map: Arc<Mapping>,
-    slots: u32,
-    slot_size: usize,
+    shape: PoolShape,
 }
 
 /// Moves the ring's tail over the batches the reader is done with.
@@ -279,13 +280,16 @@ impl SubscriberLink {
                 }
             }
         };
-        if desc.slot >= pool.slots || desc.len as usize > pool.slot_size {
-            return Err(TransportError::Protocol(format!(
-                "descriptor of slot {} ({} bytes) does not fit pool {}",
-                desc.slot, desc.len, desc.pool
-            )));
-        }
-        let (map, offset) = (Arc::clone(&pool.map), desc.slot as usize * pool.slot_size);
+        let offset = match pool.shape.slot(desc.slot) {
+            Some((at, size)) if desc.len as usize <= size => at,
+            _ => {
+                return Err(TransportError::Protocol(format!(
+                    "descriptor of slot {} ({} bytes) does not fit pool {}",
+                    desc.slot, desc.len, desc.pool
+                )))
+            }
+        };
+        let map = Arc::clone(&pool.map);
         self.next += 1;
         let pos = self.releaser.hand_out();
         Ok(SubEvent::Batch(Delivered {
@@ -364,6 +368,7 @@ impl SubscriberLink {
 
     fn add_pool(&mut self, info: PoolInfo, fd: OwnedFd) -> Result<(), TransportError> {
         let len = info
+            .shape
             .len()
             .filter(|&n| n > 0)
             .ok_or_else(|| TransportError::Protocol("a pool of impossible size".into()))?;
@@ -381,8 +386,7 @@ impl SubscriberLink {
         self.pools.push(Pool {
             id: info.pool,
             map: Arc::new(map),
-            slots: info.slots,
-            slot_size: info.slot_size as usize,
+            shape: info.shape,
         });
         Ok(())
     }

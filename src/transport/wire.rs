@@ -12,7 +12,8 @@
 //!              producer its pool
 //!   2 REFUSED  UTF-8 body: why the client is not let in
 //!   3 NOTICE   arg: code (1 stopping, 2 server gone, 3 disconnected); UTF-8 body: why
-//!   4 POOL     body: pool id u64, slots u32, slot size u32; descriptor: the pool, read-only
+//!   4 POOL     body: pool id u64, then u32s: small slots, their size, large slots, their
+//!              size; descriptor: the pool, read-only
 //!   5 RETIRE   body: pool id u64: no descriptor names that pool any more
 //!   7 STATS    arg: length of the JSON in the attached memory; descriptor: sealed memory
 //!   6 WAKE     the daemon published something while the client slept (unused: the daemon
@@ -84,10 +85,8 @@ pub(crate) enum WelcomeRole {
         layout: ProducerLayout,
         /// The pool's id (as subscribers' descriptors name it).
         pool: u64,
-        /// Slots in the pool.
-        slots: u32,
-        /// Bytes per slot (the largest batch).
-        slot_size: u32,
+        /// How the pool is cut into slots.
+        shape: PoolShape,
     },
     /// A subscriber: its region.
     Subscriber {
@@ -100,22 +99,67 @@ pub(crate) enum WelcomeRole {
     },
 }
 
+/// How a pool is cut into slots: many small ones (most batches fit in one), then a few
+/// large ones for batches up to the server's `max-batch-bytes`. Slot `i` is small when
+/// `i < small_slots`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PoolShape {
+    /// Small slots, first in the pool.
+    pub small_slots: u32,
+    /// Bytes per small slot.
+    pub small_size: u32,
+    /// Large slots, after the small ones.
+    pub large_slots: u32,
+    /// Bytes per large slot (0 when there are none).
+    pub large_size: u32,
+}
+
+impl PoolShape {
+    /// Slots in all.
+    pub(crate) fn slots(&self) -> u32 {
+        self.small_slots.saturating_add(self.large_slots)
+    }
+
+    /// Bytes of the whole pool, if that fits in memory at all.
+    pub(crate) fn len(&self) -> Option<usize> {
+        let small = (self.small_slots as usize).checked_mul(self.small_size as usize)?;
+        let large = (self.large_slots as usize).checked_mul(self.large_size as usize)?;
+        small.checked_add(large)
+    }
+
+    /// Where slot `slot` starts in the pool, and its size.
+    #[inline]
+    pub(crate) fn slot(&self, slot: u32) -> Option<(usize, usize)> {
+        if slot < self.small_slots {
+            Some((
+                slot as usize * self.small_size as usize,
+                self.small_size as usize,
+            ))
+        } else if slot < self.slots() {
+            let base = self.small_slots as usize * self.small_size as usize;
+            let i = (slot - self.small_slots) as usize;
+            Some((
+                base + i * self.large_size as usize,
+                self.large_size as usize,
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// The largest batch a slot holds.
+    pub(crate) fn max_batch(&self) -> usize {
+        self.small_size.max(self.large_size) as usize
+    }
+}
+
 /// A pool announced to a subscriber.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct PoolInfo {
     /// Its id.
     pub pool: u64,
-    /// Slots in it.
-    pub slots: u32,
-    /// Bytes per slot.
-    pub slot_size: u32,
-}
-
-impl PoolInfo {
-    /// Bytes of the whole pool, if that fits in memory at all.
-    pub(crate) fn len(&self) -> Option<usize> {
-        (self.slots as usize).checked_mul(self.slot_size as usize)
-    }
+    /// How it is cut into slots.
+    pub shape: PoolShape,
 }
 
 /// A received frame, borrowing the message it came in.
@@ -183,11 +227,15 @@ pub(crate) fn parse(msg: &[u8]) -> Result<Frame<'_>, WireError> {
         WELCOME => Ok(Frame::Welcome(body)),
         REFUSED => Ok(Frame::Refused(text(body)?)),
         NOTICE => Ok(Frame::Notice(NoticeCode::from_u32(arg), text(body)?)),
-        POOL => need(16).map(|()| {
+        POOL => need(24).map(|()| {
             Frame::Pool(PoolInfo {
                 pool: u64_at(body, 0),
-                slots: u32_at(body, 8),
-                slot_size: u32_at(body, 12),
+                shape: PoolShape {
+                    small_slots: u32_at(body, 8),
+                    small_size: u32_at(body, 12),
+                    large_slots: u32_at(body, 16),
+                    large_size: u32_at(body, 20),
+                },
             })
         }),
         RETIRE => need(8).map(|()| Frame::Retire(u64_at(body, 0))),
@@ -227,8 +275,14 @@ pub(crate) fn notice(out: &mut Vec<u8>, code: NoticeCode, why: &str) {
 pub(crate) fn pool(out: &mut Vec<u8>, p: &PoolInfo) {
     head(out, POOL, 0);
     out.extend_from_slice(&p.pool.to_le_bytes());
-    out.extend_from_slice(&p.slots.to_le_bytes());
-    out.extend_from_slice(&p.slot_size.to_le_bytes());
+    for n in [
+        p.shape.small_slots,
+        p.shape.small_size,
+        p.shape.large_slots,
+        p.shape.large_size,
+    ] {
+        out.extend_from_slice(&n.to_le_bytes());
+    }
 }
 
 /// A pool retirement.
@@ -292,9 +346,17 @@ mod tests {
         );
         let p = PoolInfo {
             pool: 1 << 33,
-            slots: 300,
-            slot_size: 1 << 20,
+            shape: PoolShape {
+                small_slots: 300,
+                small_size: 1 << 19,
+                large_slots: 8,
+                large_size: 1 << 24,
+            },
         };
+        assert_eq!(p.shape.slot(299), Some((299 << 19, 1 << 19)));
+        assert_eq!(p.shape.slot(301), Some(((300 << 19) + (1 << 24), 1 << 24)));
+        assert_eq!(p.shape.slot(308), None);
+        assert_eq!(p.shape.len(), Some((300 << 19) + (8 << 24)));
         pool(&mut buf, &p);
         assert_eq!(parse(&buf).unwrap(), Frame::Pool(p));
         retire(&mut buf, 9);

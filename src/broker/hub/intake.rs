@@ -62,18 +62,25 @@ impl Hub {
         let Some(mem) = self.pools.memory(pool) else {
             return Err("its pool is gone".into());
         };
-        if d.slot >= mem.slots {
+        let Some((_, slot_size)) = mem.shape.slot(d.slot) else {
             return Err(format!(
                 "published slot {} of a pool of {}",
-                d.slot, mem.slots
+                d.slot,
+                mem.shape.slots()
             ));
-        }
+        };
         let slot = Slot(d.slot);
         if self.pools.is_held(pool, slot) {
             return Err(format!("published slot {} while it is held", d.slot));
         }
         let len = d.len as usize;
-        let max = self.config.max_batch_bytes.min(mem.slot_size as usize);
+        if len > slot_size {
+            return Err(format!(
+                "published a batch of {len} bytes in slot {} of {slot_size} bytes",
+                d.slot
+            ));
+        }
+        let max = self.config.max_batch_bytes;
         if len > max {
             return Err(format!(
                 "published a batch of {len} bytes, over max-batch-bytes ({max})"

@@ -47,7 +47,7 @@ use crate::transport::ends::{read_client, ClientFrame, ProducerEnd, SubscriberEn
 use crate::transport::poller::{Poller, Waker, WAKER};
 use crate::transport::region::{SubscriberLayout, FLAG_INDEX_IPPAIR, FLAG_WANT_INDEX};
 use crate::transport::sock::Conn;
-use crate::transport::wire::{NoticeCode, WireInfo, MAX_CLIENT_FRAME};
+use crate::transport::wire::{NoticeCode, PoolShape, WireInfo, MAX_CLIENT_FRAME};
 use crate::transport::TransportError;
 
 /// Batches a subscriber may hold delivered and unreleased (its ring's size) under
@@ -62,8 +62,12 @@ const BLOCK_SLOTS: u32 = 256;
 /// Slots beyond the windows and the queue, so that a producer never waits for a slot under
 /// the drop policies.
 const SLACK_SLOTS: u32 = 8;
-/// The most virtual memory one producer's pool may take.
-const MAX_POOL_BYTES: u64 = 64 << 30;
+/// Bytes of a small slot: a whole batch of 256 packets of 1500 bytes, with room to spare.
+const SMALL_SLOT: u64 = 512 << 10;
+/// The most address space the small slots of one pool take.
+const MAX_SMALL_BYTES: u64 = 4 << 30;
+/// The most address space the large slots of one pool take.
+const MAX_LARGE_BYTES: u64 = 1 << 30;
 /// Descriptors read from one producer per round, at most (fairness between producers).
 const INTAKE_BUDGET: u32 = 256;
 /// Frames read from one client's socket per round, at most.
@@ -587,17 +591,10 @@ impl Hub {
                 ),
             );
         }
-        let (slots, slot_size) = pool_shape(&self.config);
+        let shape = pool_shape(&self.config);
         let id = ClientId(self.next_id());
         let pool = PoolId(self.next_id());
-        let end = match ProducerEnd::welcome(
-            conn,
-            id.0,
-            self.info.clone(),
-            pool.0,
-            slots,
-            slot_size,
-        ) {
+        let end = match ProducerEnd::welcome(conn, id.0, self.info.clone(), pool.0, shape) {
             Ok(end) => end,
             Err(e) => {
                 warn!(server = %self.name, pid = who.pid, error = %e, "welcoming a producer failed");
@@ -611,7 +608,7 @@ impl Hub {
         end.set_index(self.index_flags());
         self.pools.insert(pool, Arc::clone(&end.pool), id);
         let counters = self.board.add_producer(id, Identity { pid: who.pid });
-        info!(server = %self.name, producer = %id, pid = who.pid, uid = who.uid, slots, "producer connected");
+        info!(server = %self.name, producer = %id, pid = who.pid, uid = who.uid, slots = shape.slots(), "producer connected");
         self.producers.insert(
             id,
             Prod {
@@ -813,6 +810,8 @@ impl Hub {
 
     /// Lets a producer go (its socket closed and its ring is empty, or it was cut off).
     fn retire_producer(&mut self, id: ClientId, p: Prod) {
+        // Its last report of source drops, kept in the server's total.
+        p.counters.source_dropped.set(p.end.source_dropped());
         self.poller.remove(std::os::fd::AsFd::as_fd(&p.end.conn));
         self.board.remove_producer(id);
         if self.pools.producer_left(p.pool) {
@@ -1010,13 +1009,19 @@ fn stop_notice(removed: bool, name: &str) -> (NoticeCode, String) {
     }
 }
 
-/// The slots and slot size of a producer's pool for a server: a slot holds the largest
-/// batch; there are enough slots that every subscriber's full window and the queue still
-/// leave the producer room (so it never waits under the drop policies), or few under
-/// `block`, where waiting is the point.
-fn pool_shape(c: &ServerConfig) -> (u32, u32) {
-    let slot_size = (c.max_batch_bytes as u64).div_ceil(4096) * 4096;
-    let slots = match c.overflow {
+/// How a producer's pool is cut for a server.
+///
+/// Most batches are small (256 packets of 1500 bytes are 390 KB), and the largest a server
+/// allows (`max-batch-bytes`, 16 MiB by default) are rare: so there are many slots of
+/// [`SMALL_SLOT`] bytes and a few of `max-batch-bytes`. Under the drop policies there are
+/// enough small slots that every subscriber's full window and the queue still leave the
+/// producer room, so it never waits; under `block`, few, where waiting is the point and
+/// the batches in flight should stay in cache.
+fn pool_shape(c: &ServerConfig) -> PoolShape {
+    let page = |n: u64| n.div_ceil(4096) * 4096;
+    let max = page(c.max_batch_bytes as u64);
+    let small_size = max.min(SMALL_SLOT);
+    let wanted = match c.overflow {
         Overflow::Block => u64::from(BLOCK_SLOTS),
         _ => {
             c.queue_depth as u64
@@ -1024,8 +1029,22 @@ fn pool_shape(c: &ServerConfig) -> (u32, u32) {
                 + u64::from(SLACK_SLOTS)
         }
     };
-    let cap = (MAX_POOL_BYTES / slot_size).max(8);
-    (slots.clamp(8, cap.min(1 << 16)) as u32, slot_size as u32)
+    let small_slots = wanted.clamp(8, (MAX_SMALL_BYTES / small_size).clamp(8, 1 << 16));
+    let (large_slots, large_size) = if max > small_size {
+        let n: u64 = match c.overflow {
+            Overflow::Block => 8,
+            _ => 16,
+        };
+        (n.min((MAX_LARGE_BYTES / max).max(2)), max)
+    } else {
+        (0, 0)
+    };
+    PoolShape {
+        small_slots: small_slots as u32,
+        small_size: small_size as u32,
+        large_slots: large_slots as u32,
+        large_size: large_size as u32,
+    }
 }
 
 /// Selection ring entries for a group member: room for a whole window's worth of the
@@ -1043,24 +1062,24 @@ mod tests {
     #[test]
     fn pools_leave_room_for_every_window_except_under_block() {
         let mut c = ServerConfig::default();
-        let (slots, size) = pool_shape(&c);
-        assert_eq!(size as usize, c.max_batch_bytes);
-        assert_eq!(
-            u64::from(slots),
-            (64 << 30) / (16 << 20),
-            "capped at 64 GiB"
-        );
-        c.max_batch_bytes = 1 << 20;
-        assert_eq!(pool_shape(&c).0, 256 + 64 * 64 + 8);
+        let shape = pool_shape(&c);
+        assert_eq!(shape.small_slots, 256 + 64 * 64 + 8);
+        assert_eq!(shape.small_size, 512 << 10);
+        assert_eq!(shape.large_size as usize, c.max_batch_bytes);
+        assert_eq!(shape.large_slots, 16);
+        assert!(shape.len().unwrap() < 4 << 30, "a few GiB of address space");
+        c.max_batch_bytes = 65536;
+        let shape = pool_shape(&c);
+        assert_eq!((shape.small_size, shape.large_slots), (65536, 0));
         c.max_batch_bytes = 16 << 20;
         c.overflow = Overflow::Block;
-        assert_eq!(pool_shape(&c).0, BLOCK_SLOTS);
+        assert_eq!(pool_shape(&c).small_slots, BLOCK_SLOTS);
         c.overflow = Overflow::DropOldest;
         c.max_batch_bytes = 1 << 30;
         assert_eq!(
-            pool_shape(&c).0,
-            64,
-            "huge batches: the byte cap bounds the slots"
+            pool_shape(&c).large_slots,
+            2,
+            "huge batches: the byte cap bounds them"
         );
         assert!(selection_cap(16 << 20) >= (16 << 20) / 16);
         assert!(valid_group("ids-1.a_b"));

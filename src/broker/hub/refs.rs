@@ -41,7 +41,7 @@ pub(crate) struct Pools {
 impl Pools {
     /// A producer's new pool.
     pub(crate) fn insert(&mut self, id: PoolId, mem: Arc<PoolMemory>, producer: ClientId) {
-        let slots = mem.slots as usize;
+        let slots = mem.shape.slots() as usize;
         self.map.insert(
             id,
             Entry {
