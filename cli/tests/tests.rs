@@ -8,6 +8,7 @@ mod access;
 mod broker;
 mod cli;
 // mod hostile;
+mod metrics;
 mod p2p;
 mod reliability;
 mod util;
