@@ -757,6 +757,100 @@ fn stats_count_what_was_sent() {
 }
 
 #[test]
+fn stats_watch_prints_one_table_when_stdout_is_not_a_terminal() {
+    let daemon = Daemon::start(None);
+    let out = run(daemon.cli(), &["stats", "--watch"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("PACKETS IN").count(), 1, "{text}");
+    assert!(
+        text.contains("SOURCE DROPPED") && text.contains("default"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\x1b'),
+        "no terminal control on a pipe: {text:?}"
+    );
+    let out = run(daemon.cli(), &["stats", "--watch", "--json"]);
+    assert_error(&out, 64, &["--json"]);
+}
+
+#[test]
+fn stats_watch_redraws_on_a_terminal_until_ctrl_c() {
+    if !util::have_tool("stats --watch on a terminal", "script", "bsdutils") {
+        return;
+    }
+    let daemon = Daemon::start(None);
+    let (sub, _) = subscribe(&daemon, "default", &["--json"]);
+    publish(
+        &daemon,
+        "default",
+        &loopback_pcap(),
+        &["--batch", "10"],
+        LOOPBACK_PACKETS,
+    );
+    // script(1) runs the command on a pseudo-terminal and copies its output to ours.
+    let command = format!(
+        "{} stats --watch --interval 0.2",
+        env!("CARGO_BIN_EXE_packet-ipc")
+    );
+    let mut child = daemon
+        .command("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start script");
+    let mut stdout = child.stdout.take().unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let theirs = Arc::clone(&seen);
+    let reader = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            theirs
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    const CLEAR: &str = "\x1b[H\x1b[2J";
+    let start = Instant::now();
+    while seen.lock().unwrap().matches(CLEAR).count() < 3 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "fewer than 3 frames: {:?}",
+            seen.lock().unwrap()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Ctrl-C, typed on the terminal.
+    child.stdin.as_mut().unwrap().write_all(b"\x03").unwrap();
+    let out = wait_output(child, DEADLINE);
+    reader.join().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = seen.lock().unwrap().clone();
+    let frames: Vec<&str> = text.split(CLEAR).filter(|f| !f.is_empty()).collect();
+    assert!(frames.len() >= 3, "{text:?}");
+    // From the second frame on, the rates; every frame shows what was published.
+    assert!(
+        !frames[0].contains("IN/s") && frames[1].contains("IN/s"),
+        "{text:?}"
+    );
+    for frame in &frames {
+        assert!(
+            frame.contains(&format!(" {LOOPBACK_PACKETS} ")),
+            "{frame:?}"
+        );
+    }
+    util::signal(&sub, libc::SIGTERM);
+    let _ = wait_output(sub, DEADLINE);
+}
+
+#[test]
 fn lost_batches_and_their_packets_are_reported() {
     let daemon = Daemon::start(Some(
         "[servers.small]\nlinktype = 1\nqueue-depth = 2\noverflow = \"drop-oldest\"\n",
