@@ -6,6 +6,7 @@
 //!
 //! - `servers.rs`, `publish.rs`, `subscribe.rs`, `stats.rs`, `bench.rs`: one subcommand
 //!   each.
+//! - [`extcap`]: `packet-ipc-extcap`, the servers as Wireshark capture interfaces.
 //! - `pcap.rs`: reading pcap/pcapng captures and writing pcap.
 //! - `human.rs`: numbers for people (bytes, rates, durations).
 //! - [`traffic`]: synthetic Ethernet traffic (seeded) for the tests and benchmarks, and a
@@ -22,6 +23,7 @@ mod baseline;
 mod bench;
 pub mod benchcore;
 pub mod daemon_main;
+pub mod extcap;
 mod human;
 mod pcap;
 mod publish;

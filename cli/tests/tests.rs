@@ -7,6 +7,7 @@
 mod access;
 mod broker;
 mod cli;
+mod extcap;
 // mod hostile;
 mod metrics;
 mod p2p;
