@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::cli::{loopback_pcap, publish, run_json, subscribe, LOOPBACK_PACKETS};
+use crate::cli::{run_json, subscribe, LOOPBACK_PACKETS};
 use crate::util::{self, wait_output, wait_stderr_line, Daemon, DEADLINE};
 
 /// The configuration of a daemon with metrics on a free port of 127.0.0.1, and `servers`
@@ -140,16 +140,20 @@ fn metrics_equal_stats_and_pass_promtool() {
     let (plain, _) = subscribe(&daemon, "eth", &["--json"]);
     let member = group_member(&daemon, "eth", "ids");
     // From the repository's root, as a user would.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let capture = loopback_pcap();
-    assert!(capture.starts_with(&root));
-    publish(
-        &daemon,
-        "eth",
-        &capture,
-        &["--batch", "10"],
-        LOOPBACK_PACKETS,
+    let mut cmd = daemon.cli();
+    cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+    let summary = run_json(
+        cmd,
+        &[
+            "publish",
+            "eth",
+            "tests/data/loopback-udp.pcap",
+            "--batch",
+            "10",
+            "--json",
+        ],
     );
+    assert_eq!(summary["packets"], LOOPBACK_PACKETS, "{summary}");
     let stats = stats_when(&daemon, |stats| {
         let eth = server(stats, "eth");
         let subs = eth["subscribers"].as_array().unwrap();
