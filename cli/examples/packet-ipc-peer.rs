@@ -80,6 +80,9 @@ enum Cmd {
         /// Write every received packet into this file, as one batch.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Join this flow-balanced subscriber group.
+        #[arg(long)]
+        group: Option<String>,
     },
     /// Create a server, print its name, and send generated packets to its client.
     Serve {
@@ -137,7 +140,18 @@ fn main() -> ExitCode {
             reconnect_wait_ms,
             slow_us,
             out,
-        } => subscribe(&server, count, idle_ms, reconnect_wait_ms, slow_us, out),
+            group,
+        } => subscribe(
+            &server,
+            count,
+            idle_ms,
+            ConnectOptions {
+                group,
+                ..options(reconnect_wait_ms)
+            },
+            slow_us,
+            out,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -262,11 +276,11 @@ fn subscribe(
     server: &str,
     count: Option<u64>,
     idle_ms: Option<u64>,
-    reconnect_wait_ms: u64,
+    options: ConnectOptions,
     slow_us: u64,
     out: Option<PathBuf>,
 ) -> AnyResult {
-    let mut sub = Subscriber::connect_with(server, options(reconnect_wait_ms))?;
+    let mut sub = Subscriber::connect_with(server, options)?;
     eprintln!("subscribed to {server}");
     let (mut packets, mut batches, mut lost, mut reconnects) = (0u64, 0u64, 0u64, 0u64);
     let mut seqs_ordered = true;

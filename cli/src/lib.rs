@@ -7,6 +7,7 @@
 //! - `servers.rs`, `publish.rs`, `subscribe.rs`, `stats.rs`, `bench.rs`: one subcommand
 //!   each.
 //! - `bridge/`: `bridge export` and `bridge import`, through NATS JetStream.
+//! - [`extcap`]: `packet-ipc-extcap`, the servers as Wireshark capture interfaces.
 //! - `pcap.rs`: reading pcap/pcapng captures and writing pcap.
 //! - `human.rs`: numbers for people (bytes, rates, durations).
 //! - [`traffic`]: synthetic Ethernet traffic (seeded) for the tests and benchmarks, and a
@@ -24,6 +25,7 @@ mod bench;
 pub mod benchcore;
 mod bridge;
 pub mod daemon_main;
+pub mod extcap;
 mod human;
 mod pcap;
 mod publish;

@@ -44,25 +44,35 @@ pub fn run(json: bool) -> Outcome {
 
 /// Prints rows under a header, each column as wide as its widest cell.
 pub fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
-    let mut widths = header.map(str::len);
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.to_vec()).collect();
+    print!("{}", format_table(header, &rows));
+}
+
+/// Rows under a header, each column as wide as its widest cell, one line each (with its
+/// newline); a row shorter than the header leaves its last cells empty.
+pub fn format_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
+            *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: [&str; N]| {
-        let mut out = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == N {
-                out.push_str(cell);
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.zip(&widths).enumerate() {
+            if i + 1 == widths.len() {
+                text.push_str(cell);
             } else {
-                out.push_str(&format!("{cell:<w$}  "));
+                text.push_str(&format!("{cell:<w$}  "));
             }
         }
-        println!("{}", out.trim_end());
+        out.push_str(text.trim_end());
+        out.push('\n');
     };
-    line(*header);
+    line(&mut header.iter().copied());
     for row in rows {
-        line(row.each_ref().map(String::as_str));
+        line(&mut row.iter().map(String::as_str));
     }
+    out
 }

@@ -14,14 +14,14 @@ use crate::util::{self, wait_output, wait_stderr_line, Daemon, Stderr, DEADLINE}
 
 /// A capture made with `tcpdump -i lo -w` of UDP datagrams between two local sockets:
 /// 38 packets of 42 to 9042 bytes.
-fn loopback_pcap() -> PathBuf {
+pub(crate) fn loopback_pcap() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/loopback-udp.pcap")
 }
 
-const LOOPBACK_PACKETS: u64 = 38;
+pub(crate) const LOOPBACK_PACKETS: u64 = 38;
 
 /// Fails the test with a clear message when a tool is missing.
-fn tool(name: &str) -> Command {
+pub(crate) fn tool(name: &str) -> Command {
     let found = Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {name}"))
@@ -35,7 +35,7 @@ fn tool(name: &str) -> Command {
 }
 
 /// Runs a tool to completion and returns its stdout.
-fn run_tool(cmd: &mut Command) -> String {
+pub(crate) fn run_tool(cmd: &mut Command) -> String {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -58,7 +58,7 @@ fn run_tool(cmd: &mut Command) -> String {
 
 /// Every frame as tshark sees it: absolute time to the nanosecond, wire length,
 /// captured length, then the summary line and a hex dump of the bytes.
-fn frames(path: &Path) -> (Vec<String>, String) {
+pub(crate) fn frames(path: &Path) -> (Vec<String>, String) {
     let fields = run_tool(tool("tshark").arg("-r").arg(path).args([
         "-T",
         "fields",
@@ -74,7 +74,7 @@ fn frames(path: &Path) -> (Vec<String>, String) {
 }
 
 /// `capinfos` facts: packet count, encapsulation, data bytes.
-fn capinfos(path: &Path) -> (u64, String, u64) {
+pub(crate) fn capinfos(path: &Path) -> (u64, String, u64) {
     let text = run_tool(tool("capinfos").args(["-M", "-c", "-E", "-d"]).arg(path));
     let value = |key: &str| {
         text.lines()
@@ -97,7 +97,7 @@ fn capinfos(path: &Path) -> (u64, String, u64) {
 
 /// Asserts two captures hold the same packets: count, link type, lengths, bytes and
 /// timestamps, as tshark and capinfos read them.
-fn assert_same_capture(got: &Path, want: &Path) {
+pub(crate) fn assert_same_capture(got: &Path, want: &Path) {
     let (got_info, want_info) = (capinfos(got), capinfos(want));
     assert_eq!(got_info, want_info, "capinfos of {got:?} and {want:?}");
     let (got_fields, got_dump) = frames(got);
@@ -110,7 +110,7 @@ fn assert_same_capture(got: &Path, want: &Path) {
 }
 
 /// The JSON document a command printed on stdout.
-fn json_stdout(out: &Output) -> serde_json::Value {
+pub(crate) fn json_stdout(out: &Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.trim()).unwrap_or_else(|e| {
         panic!(
@@ -121,7 +121,7 @@ fn json_stdout(out: &Output) -> serde_json::Value {
 }
 
 /// Runs `packet-ipc ARGS` to completion.
-fn run(mut cmd: Command, args: &[&str]) -> Output {
+pub(crate) fn run(mut cmd: Command, args: &[&str]) -> Output {
     let child = cmd
         .args(args)
         .stdin(Stdio::null())
@@ -133,7 +133,7 @@ fn run(mut cmd: Command, args: &[&str]) -> Output {
 }
 
 /// Runs `packet-ipc ARGS` that must succeed and print JSON.
-fn run_json(cmd: Command, args: &[&str]) -> serde_json::Value {
+pub(crate) fn run_json(cmd: Command, args: &[&str]) -> serde_json::Value {
     let out = run(cmd, args);
     assert!(out.status.success(), "packet-ipc {args:?}: {out:?}");
     json_stdout(&out)
@@ -153,7 +153,7 @@ fn assert_error(out: &Output, code: i32, words: &[&str]) {
 
 /// Starts `packet-ipc subscribe SERVER ARGS` and waits until it is subscribed; the rest
 /// of its stderr is in the `Stderr`.
-fn subscribe(daemon: &Daemon, server: &str, args: &[&str]) -> (Child, Stderr) {
+pub(crate) fn subscribe(daemon: &Daemon, server: &str, args: &[&str]) -> (Child, Stderr) {
     let mut child = daemon
         .cli()
         .arg("subscribe")
@@ -169,7 +169,7 @@ fn subscribe(daemon: &Daemon, server: &str, args: &[&str]) -> (Child, Stderr) {
 }
 
 /// Publishes a capture and checks the summary.
-fn publish(daemon: &Daemon, server: &str, file: &Path, args: &[&str], packets: u64) {
+pub(crate) fn publish(daemon: &Daemon, server: &str, file: &Path, args: &[&str], packets: u64) {
     let mut all = vec!["publish", server, file.to_str().unwrap(), "--json"];
     all.extend_from_slice(args);
     let summary = run_json(daemon.cli(), &all);
@@ -754,6 +754,100 @@ fn stats_count_what_was_sent() {
     let summary = json_stdout(&output);
     assert_eq!(summary["packets"], LOOPBACK_PACKETS);
     assert_eq!(summary["bytes"], capinfos(&loopback_pcap()).2);
+}
+
+#[test]
+fn stats_watch_prints_one_table_when_stdout_is_not_a_terminal() {
+    let daemon = Daemon::start(None);
+    let out = run(daemon.cli(), &["stats", "--watch"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("PACKETS IN").count(), 1, "{text}");
+    assert!(
+        text.contains("SOURCE DROPPED") && text.contains("default"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\x1b'),
+        "no terminal control on a pipe: {text:?}"
+    );
+    let out = run(daemon.cli(), &["stats", "--watch", "--json"]);
+    assert_error(&out, 64, &["--json"]);
+}
+
+#[test]
+fn stats_watch_redraws_on_a_terminal_until_ctrl_c() {
+    if !util::have_tool("stats --watch on a terminal", "script", "bsdutils") {
+        return;
+    }
+    let daemon = Daemon::start(None);
+    let (sub, _) = subscribe(&daemon, "default", &["--json"]);
+    publish(
+        &daemon,
+        "default",
+        &loopback_pcap(),
+        &["--batch", "10"],
+        LOOPBACK_PACKETS,
+    );
+    // script(1) runs the command on a pseudo-terminal and copies its output to ours.
+    let command = format!(
+        "{} stats --watch --interval 0.2",
+        env!("CARGO_BIN_EXE_packet-ipc")
+    );
+    let mut child = daemon
+        .command("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start script");
+    let mut stdout = child.stdout.take().unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let theirs = Arc::clone(&seen);
+    let reader = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            theirs
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    const CLEAR: &str = "\x1b[H\x1b[2J";
+    let start = Instant::now();
+    while seen.lock().unwrap().matches(CLEAR).count() < 3 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "fewer than 3 frames: {:?}",
+            seen.lock().unwrap()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Ctrl-C, typed on the terminal.
+    child.stdin.as_mut().unwrap().write_all(b"\x03").unwrap();
+    let out = wait_output(child, DEADLINE);
+    reader.join().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = seen.lock().unwrap().clone();
+    let frames: Vec<&str> = text.split(CLEAR).filter(|f| !f.is_empty()).collect();
+    assert!(frames.len() >= 3, "{text:?}");
+    // From the second frame on, the rates; every frame shows what was published.
+    assert!(
+        !frames[0].contains("IN/s") && frames[1].contains("IN/s"),
+        "{text:?}"
+    );
+    for frame in &frames {
+        assert!(
+            frame.contains(&format!(" {LOOPBACK_PACKETS} ")),
+            "{frame:?}"
+        );
+    }
+    util::signal(&sub, libc::SIGTERM);
+    let _ = wait_output(sub, DEADLINE);
 }
 
 #[test]

@@ -362,3 +362,74 @@ pub fn open_fds(pid: u32) -> usize {
         .unwrap()
         .count()
 }
+
+/// The tools rule: true when `tool` is installed and runs (`tool --version`). Otherwise a
+/// test that needs it prints `skipped: <what>: needs <tool> (apt-get install <package>)`
+/// and passes, unless `PACKET_IPC_REQUIRE_TOOLS=1`, where it fails.
+pub fn have_tool(what: &str, tool: &str, package: &str) -> bool {
+    let runs = Command::new(tool)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if runs {
+        return true;
+    }
+    let message = format!("{what}: needs {tool} (apt-get install {package})");
+    if std::env::var_os("PACKET_IPC_REQUIRE_TOOLS").is_some_and(|v| v == "1") {
+        panic!("{message}, and PACKET_IPC_REQUIRE_TOOLS=1");
+    }
+    eprintln!("skipped: {message}");
+    false
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// `GET path` over a plain TCP connection: see [`http`].
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<(String, String)>, String) {
+    http(addr, "GET", path)
+}
+
+/// One HTTP/1.1 request over a plain TCP connection (`Connection: close`): the status
+/// code, the headers (lower-cased names) and the body.
+pub fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    use std::io::Write;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, DEADLINE).expect("connect to the endpoint");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {response:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}

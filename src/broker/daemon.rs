@@ -23,6 +23,7 @@ use tracing::{debug, error, info, warn};
 use super::config::{self, Config, ServerConfig, Source};
 use super::hub::board::{Board, Viewer};
 use super::hub::{self, ClientInfo, Command, HubHandle};
+use super::metrics::{self, MetricsError, SharedBoards};
 use crate::rendezvous::fsafe::{self, Dir};
 use crate::rendezvous::{self, spool, Rendezvous, ServerEntry, RENDEZVOUS_VERSION};
 use crate::stats::Stats;
@@ -54,6 +55,9 @@ pub enum DaemonError {
     /// The configuration is valid but does not fit this machine.
     #[error("{0}")]
     Setup(String),
+    /// The metrics endpoint cannot start (`metrics.listen`).
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// An I/O error at startup.
     #[error("{what} {path}: {source}")]
     Io {
@@ -70,7 +74,7 @@ impl DaemonError {
     /// The process exit status for this error (sysexits).
     pub fn exit_code(&self) -> u8 {
         match self {
-            DaemonError::Config(_) | DaemonError::Setup(_) => 78,
+            DaemonError::Config(_) | DaemonError::Setup(_) | DaemonError::Metrics(_) => 78,
             DaemonError::AlreadyRunning { .. } => 75,
             DaemonError::Io { .. } => 73,
         }
@@ -313,6 +317,8 @@ struct Daemon {
     ids: Arc<AtomicU64>,
     epoch: Instant,
     pending: Arc<Pending>,
+    /// The boards the metrics endpoint reads (kept current by `sync_metrics`).
+    metrics: SharedBoards,
 }
 
 fn notify(states: &[NotifyState]) {
@@ -388,13 +394,24 @@ pub async fn run(
         ids: Arc::new(AtomicU64::new(1)),
         epoch: Instant::now(),
         pending: Arc::new(Pending::default()),
+        metrics: SharedBoards::default(),
     };
+    // metrics: bound before anything is started (an address that cannot be used stops the
+    // daemon with nothing to undo), served once the servers run, before READY=1.
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(metrics::bind(addr, daemon.metrics.clone()).await?),
+        None => None,
+    };
+    // metrics: end
     daemon.remove_strays(&config);
     let started = daemon.start(&mut events, &config);
     if let Err(e) = started {
         daemon.clean_up();
         return Err(e);
     }
+    // metrics: serve
+    let _metrics_endpoint = metrics_listener.map(metrics::serve);
+    // metrics: end
     info!(
         runtime_dir = %runtime.display(),
         servers = daemon.servers.len(),
@@ -561,6 +578,7 @@ impl Daemon {
                 spools: [producers, subscribers],
             },
         );
+        self.sync_metrics();
         Ok(())
     }
 
@@ -737,6 +755,7 @@ impl Daemon {
         });
         let _ = self.srv.remove_tree(name);
         tokio::task::spawn_blocking(move || running.hub.join());
+        self.sync_metrics();
         info!(server = name, "server removed");
     }
 
@@ -769,6 +788,14 @@ impl Daemon {
         };
         if new.daemon != self.config.daemon {
             warn!("[daemon] settings change only at restart");
+        }
+        // metrics
+        if new.metrics != self.config.metrics {
+            warn!(
+                running = ?self.config.metrics.listen,
+                configured = ?new.metrics.listen,
+                "[metrics] settings change only at restart"
+            );
         }
         let old = std::mem::take(&mut self.servers);
         let mut keep = BTreeMap::new();
@@ -816,6 +843,7 @@ impl Daemon {
                 }
             }
         }
+        self.sync_metrics();
         self.config = new;
         self.source = source;
         if let Err(e) = self.write_rendezvous() {
@@ -876,12 +904,16 @@ impl Daemon {
     }
 
     /// The counters of every server (for the metrics endpoint).
-    #[allow(dead_code)]
     fn boards(&self) -> Vec<Arc<Board>> {
         self.servers
             .values()
             .map(|r| Arc::clone(&r.hub.board))
             .collect()
+    }
+
+    /// Shows the metrics endpoint the servers running now.
+    fn sync_metrics(&self) {
+        self.metrics.set(self.boards());
     }
 
     async fn shutdown(mut self) {
