@@ -268,7 +268,17 @@ fn a_thousand_connect_kill_cycles_leave_nothing_behind() {
         cycle(n);
     }
     settle(0);
-    let fds = open_fds(pid);
+    // The baseline once what the warm-up's clients held has been let go.
+    let mut fds = open_fds(pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = open_fds(pid);
+        if now == fds || Instant::now() > deadline {
+            break;
+        }
+        fds = now;
+    }
     let rss = proc_status(pid, "VmRSS:");
     let started = Instant::now();
     for n in 0..1000 {

@@ -833,6 +833,15 @@ impl Hub {
     fn forget_subscriber(&mut self, id: ClientId, mut sub: Sub, died: bool) {
         self.poller.remove(std::os::fd::AsFd::as_fd(&sub.end.conn));
         self.board.remove_subscriber(id);
+        // What it released before it went is not lost: take its last releases first.
+        if let Ok(n) = sub.end.released() {
+            for _ in 0..n {
+                let Some(f) = sub.in_flight.pop_front() else {
+                    break;
+                };
+                self.release_slot(f.pool, f.slot);
+            }
+        }
         if died {
             let packets: u64 = sub.in_flight.iter().map(|f| u64::from(f.packets)).sum();
             self.count_lost(&sub, sub.in_flight.len() as u64, packets);
