@@ -284,9 +284,10 @@ impl ProducerEnd {
         }
     }
 
-    /// True when the producer sleeps for want of a free slot (as it says).
+    /// True when the producer waits for a free slot (as it says): releases then matter at
+    /// once, so subscribers are asked to wake the daemon when they release.
     pub(crate) fn starving(&self) -> bool {
-        self.region.bell().parked.load(Ordering::Relaxed) != 0
+        self.region.waiting().load(Ordering::Relaxed) != 0
     }
 
     /// Packets the producer says its source lost (a total it reports).

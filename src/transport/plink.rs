@@ -271,6 +271,7 @@ impl ProducerLink {
     /// the daemon said something that ends the wait.
     fn take_slot(&mut self, len: usize) -> Result<Result<u32, ProducerNotice>, TransportError> {
         let small = len <= self.shape.small_size as usize;
+        let mut waited = false;
         loop {
             let slot = if small {
                 self.small_free.pop().or_else(|| self.large_free.pop())
@@ -278,16 +279,24 @@ impl ProducerLink {
                 self.large_free.pop()
             };
             if let Some(slot) = slot {
+                if waited {
+                    self.region.waiting().store(0, Ordering::Relaxed);
+                }
                 return Ok(Ok(slot));
             }
             if self.reclaim()? {
                 continue;
             }
+            // Say so before asking for a wake-up: a daemon that goes to sleep after this
+            // sees it, and asks the subscribers to wake it when they release.
+            self.region.waiting().store(1, Ordering::Relaxed);
+            waited = true;
             if self
                 .interrupt
                 .as_ref()
                 .is_some_and(|f| f.load(Ordering::Relaxed))
             {
+                self.region.waiting().store(0, Ordering::Relaxed);
                 return Err(TransportError::Interrupted);
             }
             // Ask for a wake-up: the daemon rings when it writes releases.

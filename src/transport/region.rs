@@ -24,6 +24,7 @@
 //!                     sleeps there when it has no free slot
 //!  768    daemon      flags (u32): WANT_INDEX (bit 0), index mode (bits 1-2), NOTICE
 //!  896    producer    source_dropped (u64): packets its source lost, as it reports them
+//!  960    producer    waiting (u32): 1 while it waits for a free slot
 //! 1024    producer    descriptor ring: desc_cap entries of 32 bytes
 //!   ..    daemon      release ring: rel_cap slot ids (u32)
 //! ```
@@ -311,6 +312,13 @@ impl ProducerRegion {
         AtomicU64,
         7 * LINE,
         "Packets the producer's source lost."
+    );
+    word!(
+        waiting,
+        u32,
+        AtomicU32,
+        7 * LINE + 64,
+        "1 while the producer waits for a free slot (set before it asks for a wake-up)."
     );
 
     /// The bell on which the producer sleeps, waiting for free slots.

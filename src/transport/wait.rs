@@ -34,7 +34,24 @@ use crate::options::WaitMode;
 /// other side needs (two cores, ten processes).
 pub(crate) const SPIN_CHECKS: u32 = 64;
 /// `sched_yield` rounds before sleeping, in adaptive mode.
-pub(crate) const YIELDS: u32 = 4;
+pub(crate) const YIELDS: u32 = 1;
+
+/// TUNING ONLY (temporary): the adaptive bounds, overridden from the environment.
+fn tuned() -> (u32, u32) {
+    static T: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    *T.get_or_init(|| {
+        let get = |n: &str, d: u32| {
+            std::env::var(n)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d)
+        };
+        (
+            get("PIPC_TUNE_SPINS", SPIN_CHECKS),
+            get("PIPC_TUNE_YIELDS", YIELDS),
+        )
+    })
+}
 
 /// Sleeps on `word` while it holds `expected`, at most `timeout`. Returns on a wake-up, a
 /// changed word, a signal or the timeout (the caller looks again in every case).
@@ -154,13 +171,14 @@ pub(crate) fn wait(
             }
         }
         WaitMode::Adaptive => {
-            for _ in 0..SPIN_CHECKS {
+            let (spins, yields) = tuned();
+            for _ in 0..spins {
                 std::hint::spin_loop();
                 if ready() {
                     return true;
                 }
             }
-            for _ in 0..YIELDS {
+            for _ in 0..yields {
                 std::thread::yield_now();
                 if ready() {
                     return true;

@@ -58,7 +58,7 @@ pub(crate) const BLOCK_WINDOW: u32 = 256;
 pub(crate) const WINDOW: u32 = 64;
 /// Slots of a producer's pool under `block`: few, so that the batches in flight stay in
 /// cache (measured: at 1500 B, 16-64 slots in flight run nearly twice as fast as 256).
-const BLOCK_SLOTS: u32 = 256;
+const BLOCK_SLOTS: u32 = 64;
 /// Slots beyond the windows and the queue, so that a producer never waits for a slot under
 /// the drop policies.
 const SLACK_SLOTS: u32 = 8;
@@ -75,8 +75,8 @@ const FRAMES_PER_ROUND: u32 = 16;
 /// Busy rounds between two looks at sockets, commands and deadlines.
 const MAINTAIN_EVERY: u32 = 256;
 /// Idle rounds spent spinning, then yielding, before the hub sleeps.
-const SPIN_ROUNDS: u32 = 64;
-const YIELD_ROUNDS: u32 = 8;
+const SPIN_ROUNDS: u32 = 8;
+const YIELD_ROUNDS: u32 = 2;
 /// How long the hub sleeps at most (heartbeat, deadlines).
 const TICK: Duration = Duration::from_millis(100);
 /// How often deadlines and gauges are looked at.
@@ -387,6 +387,8 @@ impl Hub {
     }
 
     fn run(mut self, heartbeat: &AtomicU64, epoch: Instant) {
+        let spin_rounds = tune("PIPC_TUNE_HUB_SPINS", u64::from(SPIN_ROUNDS)) as u32;
+        let yield_rounds = tune("PIPC_TUNE_HUB_YIELDS", u64::from(YIELD_ROUNDS)) as u32;
         let mut idle = 0u32;
         let mut rounds = 0u32;
         let mut last_house = Instant::now();
@@ -405,11 +407,11 @@ impl Hub {
                 continue;
             }
             idle += 1;
-            if idle <= SPIN_ROUNDS {
+            if idle <= spin_rounds {
                 std::hint::spin_loop();
                 continue;
             }
-            if idle <= SPIN_ROUNDS + YIELD_ROUNDS {
+            if idle <= spin_rounds + yield_rounds {
                 thread::yield_now();
                 continue;
             }
@@ -648,7 +650,7 @@ impl Hub {
         let selects = group.is_some() && self.config.group_balance != GroupBalance::Batch;
         let layout = SubscriberLayout {
             desc_cap: if self.config.overflow == Overflow::Block {
-                BLOCK_WINDOW
+                tune("PIPC_TUNE_BLOCK_WINDOW", u64::from(BLOCK_WINDOW)) as u32
             } else {
                 WINDOW
             },
@@ -1031,7 +1033,7 @@ fn pool_shape(c: &ServerConfig) -> PoolShape {
     let max = page(c.max_batch_bytes as u64);
     let small_size = max.min(SMALL_SLOT);
     let wanted = match c.overflow {
-        Overflow::Block => u64::from(BLOCK_SLOTS),
+        Overflow::Block => tune("PIPC_TUNE_BLOCK_SLOTS", u64::from(BLOCK_SLOTS)),
         _ => {
             c.queue_depth as u64
                 + u64::from(WINDOW) * (c.max_subscribers as u64).min(64)
@@ -1054,6 +1056,14 @@ fn pool_shape(c: &ServerConfig) -> PoolShape {
         large_slots: large_slots as u32,
         large_size: large_size as u32,
     }
+}
+
+/// TUNING ONLY (temporary): a constant overridden from the environment.
+fn tune(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Selection ring entries for a group member: room for a whole window's worth of the
