@@ -8,7 +8,8 @@
 //! the child's: packets over the time from its first packet to the end.
 //!
 //! Run with `cargo bench -p legacy-bench --bench versus_015`. Add `-- --quick` (or set
-//! `PIPC_BENCH_QUICK=1`) for one run per cell instead of the median of three.
+//! `PIPC_BENCH_QUICK=1`) for one run per cell instead of the median of three, and
+//! `PIPC_BENCH_UNBOUNDED=1` for the default unbounded clients (`Client::new`).
 
 use std::hint::black_box;
 use std::io::{Read, Write};
@@ -21,6 +22,13 @@ const CHILD_ENV: &str = "PIPC_BENCH_CHILD";
 const IMPL_ENV: &str = "PIPC_BENCH_IMPL";
 /// Set to anything for one run per cell.
 const QUICK_ENV: &str = "PIPC_BENCH_QUICK";
+/// Set to anything for unbounded clients (`Client::new(name)`, as both crates default
+/// to) instead of clients bounded to [`CLIENT_BUFFER`] batches.
+const UNBOUNDED_ENV: &str = "PIPC_BENCH_UNBOUNDED";
+
+fn unbounded() -> bool {
+    std::env::var_os(UNBOUNDED_ENV).is_some()
+}
 /// How long the server keeps sending in one run. The 0.15 client drains its queue a little
 /// after that, so its runs last somewhat longer.
 const RUN_FOR: Duration = Duration::from_millis(1500);
@@ -115,7 +123,11 @@ impl Tally {
 
 fn child_ours(name: &str) -> Result<Received, BoxError> {
     use packet_ipc::AsIpcPacket;
-    let mut client = packet_ipc::Client::new_with_size(name, Some(CLIENT_BUFFER))?;
+    let mut client = if unbounded() {
+        packet_ipc::Client::new(name)?
+    } else {
+        packet_ipc::Client::new_with_size(name, Some(CLIENT_BUFFER))?
+    };
     let mut tally = Tally::default();
     while let Some(batch) = client.recv(BATCH)? {
         tally.start.get_or_insert_with(Instant::now);
@@ -128,7 +140,11 @@ fn child_ours(name: &str) -> Result<Received, BoxError> {
 
 fn child_legacy(name: &str) -> Result<Received, BoxError> {
     use packet_ipc_015::AsIpcPacket;
-    let mut client = packet_ipc_015::Client::new_with_size(name.to_owned(), Some(CLIENT_BUFFER))?;
+    let mut client = if unbounded() {
+        packet_ipc_015::Client::new(name.to_owned())?
+    } else {
+        packet_ipc_015::Client::new_with_size(name.to_owned(), Some(CLIENT_BUFFER))?
+    };
     let mut tally = Tally::default();
     while let Some(batch) = client.recv(BATCH)? {
         tally.start.get_or_insert_with(Instant::now);
@@ -252,9 +268,14 @@ fn main() {
     let runs = if quick { 1 } else { 3 };
     println!(
         "versus_015: two processes, {BATCH}-packet batches, {}s of sending per run, \
-         {} of {runs} run(s), client buffer {CLIENT_BUFFER} batches, recv({BATCH})",
+         {} of {runs} run(s), client buffer {}, recv({BATCH})",
         RUN_FOR.as_secs_f64(),
         if runs == 1 { "result" } else { "median" },
+        if unbounded() {
+            "unbounded (Client::new)".to_owned()
+        } else {
+            format!("{CLIENT_BUFFER} batches")
+        },
     );
     println!("load average at the start: {}", load_average());
     println!();
