@@ -1,11 +1,12 @@
 //! `packet-ipc`, the command-line tool: list the daemon's servers, publish a capture to
-//! one, subscribe to one (into a pcap file or stdout), and read the daemon's live counters.
+//! one, capture from an interface into one, subscribe to one (into a pcap file or stdout),
+//! and read the daemon's live counters.
 //!
 //! The contract (subcommands, flags, `--json` keys) is DESIGN.md section 1.1. Every error
 //! is one line on stderr, `packet-ipc: ...`, and a sysexits exit code (see [`Failure`]).
 //!
-//! - `servers.rs`, `publish.rs`, `subscribe.rs`, `stats.rs`, `bench.rs`: one subcommand
-//!   each.
+//! - `servers.rs`, `publish.rs`, `capture.rs`, `subscribe.rs`, `stats.rs`, `bench.rs`:
+//!   one subcommand each.
 //! - `pcap.rs`: reading pcap/pcapng captures and writing pcap.
 //! - `human.rs`: numbers for people (bytes, rates, durations).
 //! - [`traffic`]: synthetic Ethernet traffic (seeded) for the tests and benchmarks, and a
@@ -21,6 +22,7 @@ use clap::{Parser, Subcommand};
 mod baseline;
 mod bench;
 pub mod benchcore;
+mod capture;
 pub mod daemon_main;
 mod human;
 mod pcap;
@@ -48,6 +50,8 @@ enum Cmd {
     },
     /// Send the packets of a pcap or pcapng file (or `-`, stdin) to a server.
     Publish(publish::PublishArgs),
+    /// Capture from a network interface (libpcap) into a server.
+    Capture(capture::CaptureArgs),
     /// Receive the packets of a server, optionally into a pcap file (or `-`, stdout).
     Subscribe(subscribe::SubscribeArgs),
     /// Live counters of the daemon, per server and per subscriber.
@@ -215,8 +219,8 @@ pub fn main() -> ExitCode {
                 }
                 ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
                     eprintln!(
-                        "packet-ipc: a subcommand is needed: servers, publish, subscribe, \
-                         stats or bench (see packet-ipc --help)"
+                        "packet-ipc: a subcommand is needed: servers, publish, capture, \
+                         subscribe, stats or bench (see packet-ipc --help)"
                     );
                     return ExitCode::from(exit::USAGE);
                 }
@@ -229,6 +233,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Servers { json } => servers::run(json),
         Cmd::Publish(args) => publish::run(args),
+        Cmd::Capture(args) => capture::run(args),
         Cmd::Subscribe(args) => subscribe::run(args),
         Cmd::Stats(args) => stats::run(args),
         Cmd::Bench(args) => bench::run(args),
