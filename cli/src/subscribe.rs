@@ -358,7 +358,7 @@ impl Output {
         let kept = self.pcap.committed();
         let message = match file.set_len(kept) {
             Ok(()) => format!(
-                "cannot write {}: {e} (it keeps the {} packets before, {kept} bytes)",
+                "cannot write {}: {e} (the file is cut back to its {} complete packets, {kept} bytes)",
                 self.name, self.packets
             ),
             Err(cut) => format!(

@@ -6,6 +6,7 @@
 
 mod access;
 mod broker;
+mod capture;
 mod cli;
 // mod hostile;
 mod p2p;
