@@ -77,7 +77,10 @@ pub struct CaptureArgs {
     /// Do not put the interface in promiscuous mode.
     #[arg(long)]
     no_promisc: bool,
-    /// Size of the kernel's capture buffer in MiB [default: libpcap's, 2 MiB].
+    /// Size of the kernel's capture buffer in MiB [default: libpcap's, 2 MiB]. In
+    /// immediate mode every packet takes a slot of the snaplen (up to 64 KiB on an
+    /// interface with offloads), so 2 MiB holds about 32 packets: raise it (or lower
+    /// `--snaplen`) for high rates.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=2047))]
     buffer_mib: Option<u32>,
     /// Packets per batch, at most.
@@ -401,8 +404,9 @@ impl Running<'_> {
         stop: &std::sync::atomic::AtomicBool,
     ) -> Result<End, LoopError> {
         let limit = args.batch as usize;
-        // The last round filled what it was allowed: more is likely waiting, read it
-        // without polling first.
+        // The last round read packets: more are likely waiting, read them without
+        // polling first (libpcap looks at the ring without a system call when a packet
+        // is there).
         let mut more = false;
         loop {
             if stop.load(Ordering::Relaxed) {
@@ -437,7 +441,7 @@ impl Running<'_> {
                     gather.push(producer, ts, data, orig_len)
                 })?;
                 self.gather.take_failure()?;
-                more = n == max;
+                more = n > 0;
                 if self.gather.len() >= limit {
                     self.gather.send(self.producer)?;
                 }
