@@ -494,3 +494,20 @@ impl From<CaptureError> for LoopError {
         LoopError::Capture(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_are_recycled_in_place() {
+        let data = [7u8; 10];
+        let mut views: Vec<PacketRef<'_>> = Vec::with_capacity(16);
+        views.push(PacketRef::new(1, 10, &data));
+        let at = views.as_ptr() as usize;
+        let again: Vec<PacketRef<'static>> = recycle(views);
+        assert!(again.is_empty());
+        assert_eq!(again.capacity(), 16);
+        assert_eq!(again.as_ptr() as usize, at, "the same allocation");
+    }
+}

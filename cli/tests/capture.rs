@@ -326,11 +326,20 @@ fn capture_beside_tcpdump(iface: &str, filter: &str, count: usize, send: impl Fn
         &["--write", got.to_str().unwrap(), "--count", &n, "--json"],
     );
     let tcpdump = start_tcpdump(iface, count, filter, &want);
+    // More than the server's snaplen is cut to it.
     let (capture, capture_err) = start_capture(
         &daemon,
         "live",
         iface,
-        &["--filter", filter, "--count", &n, "--json"],
+        &[
+            "--filter",
+            filter,
+            "--count",
+            &n,
+            "--snaplen",
+            "100000",
+            "--json",
+        ],
     );
     send();
     let output = wait_output(capture, DEADLINE);
@@ -339,6 +348,7 @@ fn capture_beside_tcpdump(iface: &str, filter: &str, count: usize, send: impl Fn
     assert_eq!(summary["packets"], count as u64, "{summary}");
     assert_eq!(summary["end"], "count", "{summary}");
     assert_eq!(summary["dropped_kernel"], 0, "{summary}");
+    assert_eq!(summary["snaplen"], 65535, "{summary}");
     for key in ["bytes", "received", "dropped_interface"] {
         assert!(summary[key].is_u64(), "{key} in {summary}");
     }
@@ -690,4 +700,62 @@ fn a_capture_that_falls_behind_reports_its_kernel_drops() {
         s["producers"] == 0 && s["source_dropped"] == dropped + interface
     });
     eprintln!("{packets} published, {dropped} dropped by the kernel");
+}
+
+/// The file libpcap was loaded from in this process (after `libpcap_available`).
+fn libpcap_file() -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|path| path.contains("libpcap"))
+        .map(str::to_owned)
+}
+
+#[test]
+fn without_libpcap_capture_and_filters_name_the_package() {
+    let what = "capture and filters without libpcap";
+    if !is_root(what)
+        || !libpcap_available(what)
+        || !tool_available(what, "unshare", &["--version"], "util-linux")
+    {
+        return;
+    }
+    let Some(lib) = libpcap_file() else {
+        available(
+            what,
+            "libpcap mapped from a file",
+            Some("not in /proc/self/maps".into()),
+        );
+        return;
+    };
+    let daemon = Daemon::start(None);
+    // In a mount namespace of their own, libpcap's file is /dev/null: it does not load.
+    let without = |args: &[&str]| {
+        let mut cmd = daemon.command("unshare");
+        cmd.args([
+            "-m",
+            "--",
+            "sh",
+            "-c",
+            "mount --bind /dev/null \"$0\" && exec \"$@\"",
+        ])
+        .arg(&lib)
+        .arg(env!("CARGO_BIN_EXE_packet-ipc"));
+        run(cmd, args)
+    };
+    let out = without(&["capture", "default", "-i", "lo"]);
+    assert_error(
+        &out,
+        69,
+        &["libpcap is not installed (apt-get install libpcap0.8)"],
+    );
+    let out = without(&["subscribe", "default", "--filter", "udp"]);
+    assert_error(
+        &out,
+        69,
+        &["libpcap is not installed (apt-get install libpcap0.8)"],
+    );
+    // Plain subscribing does not need it.
+    let out = without(&["subscribe", "default", "--timeout", "0.1"]);
+    assert!(out.status.success(), "{out:?}");
 }
