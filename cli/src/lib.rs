@@ -1,11 +1,12 @@
 //! `packet-ipc`, the command-line tool: list the daemon's servers, publish a capture to
-//! one, subscribe to one (into a pcap file or stdout), and read the daemon's live counters.
+//! one, capture from an interface into one, subscribe to one (into a pcap file or stdout),
+//! and read the daemon's live counters.
 //!
 //! The contract (subcommands, flags, `--json` keys) is DESIGN.md section 1.1. Every error
 //! is one line on stderr, `packet-ipc: ...`, and a sysexits exit code (see [`Failure`]).
 //!
-//! - `servers.rs`, `publish.rs`, `subscribe.rs`, `stats.rs`, `bench.rs`: one subcommand
-//!   each.
+//! - `servers.rs`, `publish.rs`, `capture.rs`, `subscribe.rs`, `stats.rs`, `bench.rs`:
+//!   one subcommand each.
 //! - `bridge/`: `bridge export` and `bridge import`, through NATS JetStream.
 //! - [`extcap`]: `packet-ipc-extcap`, the servers as Wireshark capture interfaces.
 //! - `pcap.rs`: reading pcap/pcapng captures and writing pcap.
@@ -24,6 +25,7 @@ mod baseline;
 mod bench;
 pub mod benchcore;
 mod bridge;
+mod capture;
 pub mod daemon_main;
 pub mod extcap;
 mod human;
@@ -52,6 +54,8 @@ enum Cmd {
     },
     /// Send the packets of a pcap or pcapng file (or `-`, stdin) to a server.
     Publish(publish::PublishArgs),
+    /// Capture from a network interface (libpcap) into a server.
+    Capture(capture::CaptureArgs),
     /// Receive the packets of a server, optionally into a pcap file (or `-`, stdout).
     Subscribe(subscribe::SubscribeArgs),
     /// Live counters of the daemon, per server and per subscriber.
@@ -118,10 +122,22 @@ impl From<packet_ipc::Error> for Failure {
             | E::Spool(_) => exit::UNAVAILABLE,
             E::PermissionDenied { .. } => exit::NOPERM,
             E::BatchTooLarge { .. } => exit::DATAERR,
+            E::Filter(f) => return filter_failure(f),
             _ => exit::SOFTWARE,
         };
         Failure::new(code, e.to_string())
     }
+}
+
+/// The failure of a filter expression: a usage error (exit 64), unless libpcap is missing.
+fn filter_failure(e: &packet_ipc::libpcap::FilterError) -> Failure {
+    use packet_ipc::libpcap::FilterError;
+    let code = match e {
+        FilterError::Invalid { .. } => exit::USAGE,
+        FilterError::Libpcap(_) => exit::UNAVAILABLE,
+        _ => exit::SOFTWARE,
+    };
+    Failure::new(code, e.to_string())
 }
 
 /// The result of a subcommand.
@@ -209,8 +225,8 @@ pub fn main() -> ExitCode {
                 }
                 ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
                     eprintln!(
-                        "packet-ipc: a subcommand is needed: servers, publish, subscribe, \
-                         stats, bench or bridge (see packet-ipc --help)"
+                        "packet-ipc: a subcommand is needed: servers, publish, capture, \
+                         subscribe, stats, bench or bridge (see packet-ipc --help)"
                     );
                     return ExitCode::from(exit::USAGE);
                 }
@@ -223,6 +239,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Servers { json } => servers::run(json),
         Cmd::Publish(args) => publish::run(args),
+        Cmd::Capture(args) => capture::run(args),
         Cmd::Subscribe(args) => subscribe::run(args),
         Cmd::Stats(args) => stats::run(args),
         Cmd::Bench(args) => bench::run(args),

@@ -7,6 +7,11 @@
 //! first packet has waited [`IDLE_FLUSH`] (so a live capture on a pipe is passed on
 //! promptly). Packet buffers go back to the reader through a pool once their batch is
 //! sent, so a long run allocates nothing per packet.
+//!
+//! SIGINT or SIGTERM ends it normally (exit 0, the summary says "interrupted"), also while
+//! it waits for a free slot under `overflow = "block"`: the batch it was waiting to send is
+//! then not sent. The summary says when the daemon went away meanwhile and batches sent to
+//! it may not have been delivered ([`Producer::report`]).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -19,7 +24,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use packet_ipc::packet::time_from_nanos;
-use packet_ipc::{batch, AsIpcPacket, Packet, Producer};
+use packet_ipc::{batch, AsIpcPacket, ConnectOptions, Packet, Producer, ProducerReport};
 
 use crate::pcap::{linktype_text, CaptureReader, Input};
 use crate::{exit, human, stop_flag, Failure, Outcome};
@@ -118,7 +123,11 @@ pub fn run(args: PublishArgs) -> Outcome {
     let stop = stop_flag()?;
     let reader = source.open()?;
     let format = reader.format();
-    let mut producer = Producer::connect(&args.server)?;
+    let options = ConnectOptions {
+        interrupt: Some(Arc::clone(&stop)),
+        ..ConnectOptions::default()
+    };
+    let mut producer = Producer::connect_with(&args.server, options)?;
     let info = producer.info().clone();
     if let Some(linktype) = reader.linktype() {
         if linktype != info.linktype {
@@ -167,13 +176,15 @@ pub fn run(args: PublishArgs) -> Outcome {
         bytes: 0,
         batches: 0,
         stop: Arc::clone(&stop),
+        interrupted: false,
     };
     let result = send_all(&rx, &mut out, &progress, limit, &stop);
     progress.finish_and_clear();
-    let interrupted = result?;
+    let interrupted = result? || out.interrupted;
     let elapsed = started.elapsed();
     let (packets, bytes, batches) = (out.packets, out.bytes, out.batches);
     drop(out);
+    let report = producer.report();
     drop(producer);
     if args.json {
         let summary = serde_json::json!({
@@ -186,6 +197,9 @@ pub fn run(args: PublishArgs) -> Outcome {
             "packets_per_second": human::per_second(packets, elapsed),
             "bits_per_second": human::per_second(bytes, elapsed) * 8.0,
             "interrupted": interrupted,
+            "reconnects": report.reconnects,
+            "uncertain_batches": report.uncertain_batches,
+            "uncertain_packets": report.uncertain_packets,
         });
         println!("{summary}");
     } else {
@@ -197,8 +211,24 @@ pub fn run(args: PublishArgs) -> Outcome {
             human::rate(packets, bytes, elapsed),
             if interrupted { " (interrupted)" } else { "" }
         );
+        if let Some(line) = reconnect_line(&report) {
+            println!("{line}");
+        }
     }
     Ok(())
+}
+
+/// For a producer's human summary: whether the daemon went away meanwhile, and what may
+/// have been lost with it; `None` if it never did.
+pub(crate) fn reconnect_line(report: &ProducerReport) -> Option<String> {
+    if report.reconnects == 0 && report.uncertain_batches == 0 {
+        return None;
+    }
+    Some(format!(
+        "reconnected {} times; up to {} batches ({} packets) sent to the daemon that went \
+         away may not have been delivered",
+        report.reconnects, report.uncertain_batches, report.uncertain_packets
+    ))
 }
 
 /// Gathers the reader's packets into batches and sends them, until the capture ends or a
@@ -298,9 +328,9 @@ fn linktype_mismatch(
     )
 }
 
-/// A bar on a terminal (by how far into the file the packets go; a spinner for stdin),
-/// else nothing.
-fn progress_bar(total: u64) -> ProgressBar {
+/// A bar on a terminal (by how far into the file the packets go; a spinner for stdin and
+/// a total of 0), else nothing.
+pub(crate) fn progress_bar(total: u64) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
@@ -338,6 +368,8 @@ struct Outgoing<'a> {
     bytes: u64,
     batches: u64,
     stop: Arc<AtomicBool>,
+    /// A signal interrupted the wait for a free slot.
+    interrupted: bool,
 }
 
 impl Outgoing<'_> {
@@ -359,7 +391,16 @@ impl Outgoing<'_> {
                 thread::sleep(left.min(Duration::from_millis(100)));
             }
         }
-        self.producer.send(&self.pending)?;
+        match self.producer.send(&self.pending) {
+            Ok(()) => {}
+            Err(packet_ipc::Error::Interrupted) => {
+                // Not sent: the loop sees the stop flag and ends.
+                self.interrupted = true;
+                self.recycle();
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.packets += self.pending.len() as u64;
         self.bytes += self
             .pending
@@ -367,6 +408,13 @@ impl Outgoing<'_> {
             .map(|p| p.data().len() as u64)
             .sum::<u64>();
         self.batches += 1;
+        self.recycle();
+        Ok(())
+    }
+
+    /// Gives the buffers of the pending packets back to the reader; nothing is pending
+    /// after.
+    fn recycle(&mut self) {
         self.spare
             .extend(self.pending.drain(..).map(Packet::into_data));
         if let Ok(mut pool) = self.pool.lock() {
@@ -374,7 +422,6 @@ impl Outgoing<'_> {
         }
         self.spare.clear();
         self.pending_bytes = batch::HEADER_LEN;
-        Ok(())
     }
 }
 

@@ -140,7 +140,7 @@ pub(crate) fn run_json(cmd: Command, args: &[&str]) -> serde_json::Value {
 }
 
 /// Asserts a command failed with `code` and one line on stderr containing every `words`.
-fn assert_error(out: &Output, code: i32, words: &[&str]) {
+pub(crate) fn assert_error(out: &Output, code: i32, words: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(code), "exit code; stderr: {stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
@@ -337,7 +337,7 @@ fn udp_traffic(port: u16, stop: Arc<Mutex<bool>>) -> thread::JoinHandle<()> {
 }
 
 /// A free UDP port on the loopback.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -935,4 +935,184 @@ fn bench_reports_every_contract_key() {
     assert_eq!(r["lost_batches"], 0, "block loses nothing: {r}");
     assert!(r["delivered_pps"].as_f64().unwrap() > 0.0);
     assert!(r["daemon_peak_rss_bytes"].as_u64().unwrap() > 0);
+}
+
+/// A tmpfs of `size` mounted on a directory, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts it, or says why not (not root, or mounting not permitted here).
+    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+        Ok(Tmpfs(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_leaves_a_complete_pcap() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let _tmpfs = match Tmpfs::mount(&small, "200k") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("skipped: a full disk: mounting a 200 KiB tmpfs is not permitted here: {e}");
+            return;
+        }
+    };
+    let daemon = Daemon::start(Some("[servers.full]\nlinktype = 1\noverflow = \"block\"\n"));
+    let out = small.join("out.pcap");
+    let (sub, stderr) = subscribe(&daemon, "full", &["--write", out.to_str().unwrap()]);
+    // 10 x 40 KB of capture for 200 KiB of disk; batches of 5 packets, up to 45 KB.
+    let publisher = daemon
+        .cli()
+        .args(["publish", "full", loopback_pcap().to_str().unwrap()])
+        .args(["--loop", "10", "--batch", "5"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = wait_output(sub, DEADLINE);
+    let stderr = stderr.text();
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("packet-ipc: "))
+        .unwrap_or_else(|| panic!("no error: {stderr:?}"));
+    assert_eq!(output.status.code(), Some(74), "{stderr}");
+    assert!(
+        error.contains(out.to_str().unwrap()) && error.contains("No space left on device"),
+        "{error}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        2,
+        "subscribed, then one line: {stderr}"
+    );
+    // The file ends on a record boundary, and the message says how many it holds.
+    let len = std::fs::metadata(&out).unwrap().len() as usize;
+    let (_, records) = pcap_records(&out);
+    let whole: usize = 24 + records.iter().map(Vec::len).sum::<usize>();
+    assert_eq!(whole, len, "the records fill the file exactly");
+    assert!(
+        !records.is_empty() && error.contains(&format!("its {} complete packets", records.len())),
+        "{} records: {error}",
+        records.len()
+    );
+    let (n, _, _) = capinfos(&out);
+    assert_eq!(n, records.len() as u64);
+    // Nobody reads any more: the publisher, paced by the departed subscriber, ends.
+    let output = wait_output(publisher, DEADLINE);
+    assert!(output.status.success(), "{output:?}");
+}
+
+#[test]
+fn a_signal_ends_a_publish_waiting_for_a_free_slot() {
+    let daemon = Daemon::start(Some("[servers.slow]\nlinktype = 1\noverflow = \"block\"\n"));
+    let (sub, _) = subscribe(&daemon, "slow", &["--json"]);
+    util::signal(&sub, libc::SIGSTOP);
+    // One packet per batch: the stopped subscriber's window and the producer's slots
+    // fill long before the 3800 batches are sent.
+    let publisher = daemon
+        .cli()
+        .args(["publish", "slow", loopback_pcap().to_str().unwrap()])
+        .args(["--loop", "100", "--batch", "1", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Until it is stuck: nothing more comes in for half a second.
+    let start = Instant::now();
+    let mut last = (0, Instant::now());
+    loop {
+        let stats = run_json(daemon.cli(), &["stats", "slow", "--json"]);
+        let batches = stats["servers"][0]["batches_in"].as_u64().unwrap_or(0);
+        if batches != last.0 {
+            last = (batches, Instant::now());
+        } else if batches > 0 && last.1.elapsed() > Duration::from_millis(500) {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "the publisher never blocked");
+        thread::sleep(Duration::from_millis(50));
+    }
+    util::signal(&publisher, libc::SIGINT);
+    let output = wait_output(publisher, DEADLINE);
+    assert!(output.status.success(), "{output:?}");
+    let summary = json_stdout(&output);
+    assert_eq!(summary["interrupted"], true, "{summary}");
+    assert_eq!(summary["packets"], last.0, "{summary}");
+    for key in ["reconnects", "uncertain_batches", "uncertain_packets"] {
+        assert_eq!(summary[key], 0, "{key}: {summary}");
+    }
+    util::signal(&sub, libc::SIGCONT);
+    util::signal(&sub, libc::SIGTERM);
+    assert!(wait_output(sub, DEADLINE).status.success());
+}
+
+#[test]
+fn summaries_say_when_the_daemon_went_away() {
+    let daemon = Daemon::start(None);
+    let (sub, _) = subscribe(&daemon, "default", &[]);
+    // Publishing for about 2 s, across a restart of the daemon.
+    let publisher = daemon
+        .cli()
+        .args(["publish", "default", loopback_pcap().to_str().unwrap()])
+        .args(["--loop", "4", "--rate", "75", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(500));
+    let daemon = daemon.restart(None);
+    let output = wait_output(publisher, DEADLINE);
+    assert!(output.status.success(), "{output:?}");
+    let summary = json_stdout(&output);
+    assert_eq!(summary["reconnects"], 1, "{summary}");
+    assert!(summary["uncertain_batches"].is_u64(), "{summary}");
+    assert!(summary["uncertain_packets"].is_u64(), "{summary}");
+    util::signal(&sub, libc::SIGTERM);
+    let output = wait_output(sub, DEADLINE);
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("(end: signal)\nreconnected 1 times: packets may be missing"),
+        "{text}"
+    );
+    // The human summary of a publisher that reconnected says what may be lost.
+    let publisher = daemon
+        .cli()
+        .args(["publish", "default", loopback_pcap().to_str().unwrap()])
+        .args(["--loop", "4", "--rate", "75"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(500));
+    let daemon = daemon.restart(None);
+    let output = wait_output(publisher, DEADLINE);
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("reconnected 1 times; up to ")
+            && text.contains("sent to the daemon that went away may not have been delivered"),
+        "{text}"
+    );
+    drop(daemon);
 }

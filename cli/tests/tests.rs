@@ -7,6 +7,7 @@
 mod access;
 mod bridge;
 mod broker;
+mod capture;
 mod cli;
 mod extcap;
 mod hostile;

@@ -363,26 +363,68 @@ pub fn open_fds(pid: u32) -> usize {
         .count()
 }
 
-/// The tools rule: true when `tool` is installed and runs (`tool --version`). Otherwise a
-/// test that needs it prints `skipped: <what>: needs <tool> (apt-get install <package>)`
-/// and passes, unless `PACKET_IPC_REQUIRE_TOOLS=1`, where it fails.
-pub fn have_tool(what: &str, tool: &str, package: &str) -> bool {
-    let runs = Command::new(tool)
-        .arg("--version")
+/// Whether a test has what it needs. `missing` says why not (`None`: it is there). When
+/// it is missing the test prints `skipped: <what>: needs <needs>` and should return (it
+/// passes), unless `PACKET_IPC_REQUIRE_TOOLS=1` (CI sets it): then it fails here.
+pub fn available(what: &str, needs: &str, missing: Option<String>) -> bool {
+    let Some(why) = missing else {
+        return true;
+    };
+    if std::env::var_os("PACKET_IPC_REQUIRE_TOOLS").is_some_and(|v| v == "1") {
+        panic!("{what}: needs {needs}, and PACKET_IPC_REQUIRE_TOOLS=1: {why}");
+    }
+    eprintln!("skipped: {what}: needs {needs}");
+    false
+}
+
+/// [`available`] for a program, which must be installed and run (`program PROBE...` exits
+/// 0): `skipped: <what>: needs <program> (apt-get install <package>)`.
+pub fn tool_available(what: &str, program: &str, probe: &[&str], package: &str) -> bool {
+    let missing = match Command::new(program)
+        .args(probe)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
-    if runs {
-        return true;
+    {
+        Ok(status) if status.success() => None,
+        Ok(status) => Some(format!(
+            "{program} {} exited with {status}",
+            probe.join(" ")
+        )),
+        Err(e) => Some(format!("{program}: {e}")),
+    };
+    available(
+        what,
+        &format!("{program} (apt-get install {package})"),
+        missing,
+    )
+}
+
+/// [`available`] for libpcap, which `packet-ipc capture` and `--filter` load at run time.
+pub fn libpcap_available(what: &str) -> bool {
+    let package = packet_ipc::libpcap::DEBIAN_PACKAGE;
+    available(
+        what,
+        &format!("libpcap (apt-get install {package})"),
+        packet_ipc::libpcap::version().err().map(|e| e.to_string()),
+    )
+}
+
+/// Whether this process runs as root (capturing needs it); if not, prints `skipped: <what>:
+/// needs root`.
+pub fn is_root(what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: {what}: needs root");
     }
-    let message = format!("{what}: needs {tool} (apt-get install {package})");
-    if std::env::var_os("PACKET_IPC_REQUIRE_TOOLS").is_some_and(|v| v == "1") {
-        panic!("{message}, and PACKET_IPC_REQUIRE_TOOLS=1");
-    }
-    eprintln!("skipped: {message}");
-    false
+    root
+}
+
+/// [`tool_available`] for a program that answers `--version`.
+pub fn have_tool(what: &str, tool: &str, package: &str) -> bool {
+    tool_available(what, tool, &["--version"], package)
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
