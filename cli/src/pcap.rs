@@ -11,6 +11,8 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use pcap_file::pcap::{PcapHeader, PcapReader, PcapWriter, RawPcapPacket};
 use pcap_file::pcapng::blocks::interface_description::{
@@ -73,6 +75,29 @@ pub struct CaptureReader {
     position: u64,
     /// Bytes of the capture read so far (as far as the records go, not the read-ahead).
     offset: u64,
+    /// Set once the input said it had no more: a record "ended" before this is one too
+    /// large for the reader's buffer, not one cut short.
+    input_ended: Arc<AtomicBool>,
+}
+
+/// The largest record or block the reader holds at once: `pcap-file`'s buffer. (libpcap
+/// refuses records above 262144 bytes; a packet is never near this.)
+const LARGEST_RECORD: usize = 8_000_000;
+
+/// The capture's input, noting when it ends.
+struct WatchEnd {
+    inner: Input,
+    ended: Arc<AtomicBool>,
+}
+
+impl Read for WatchEnd {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.ended.store(true, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
 }
 
 /// The first four bytes of the formats we read (pcap in either byte order).
@@ -120,7 +145,11 @@ impl CaptureReader {
         }
         let be = u32::from_be_bytes(magic);
         let le = u32::from_le_bytes(magic);
-        let chained: Input = Box::new(io::Cursor::new(magic).chain(input));
+        let input_ended = Arc::new(AtomicBool::new(false));
+        let chained: Input = Box::new(io::Cursor::new(magic).chain(WatchEnd {
+            inner: input,
+            ended: input_ended.clone(),
+        }));
         let header_error = |e: PcapError, what: &str| {
             Failure::new(
                 exit::DATAERR,
@@ -156,6 +185,7 @@ impl CaptureReader {
             kind,
             position: 0,
             offset,
+            input_ended,
         })
     }
 
@@ -265,6 +295,18 @@ impl CaptureReader {
         };
         let (name, n) = (&self.name, self.position);
         match e {
+            PcapError::IoError(io)
+                if io.kind() == io::ErrorKind::UnexpectedEof
+                    && !self.input_ended.load(Ordering::Relaxed) =>
+            {
+                Failure::new(
+                    exit::DATAERR,
+                    format!(
+                        "{name}: {unit} {n} is larger than {LARGEST_RECORD} bytes, more than \
+                         any packet record (libpcap allows 262144): not read"
+                    ),
+                )
+            }
             PcapError::IoError(io) if io.kind() == io::ErrorKind::UnexpectedEof => Failure::new(
                 exit::DATAERR,
                 format!("{name}: {unit} {n} is cut short or corrupt (the capture ends inside it)"),
@@ -624,5 +666,41 @@ mod tests {
         let e = reader.next_packet(&mut data, 65535).err().unwrap();
         assert_eq!(e.code, exit::DATAERR);
         assert!(e.message.contains("record 3"), "{}", e.message);
+        assert!(e.message.contains("cut short"), "{}", e.message);
+    }
+
+    /// A pcap of one record of `len` bytes, of which `present` follow its header.
+    fn one_record(len: u32, present: usize) -> Vec<u8> {
+        let mut b = Vec::new();
+        for v in [PCAP_MICRO, 0x0004_0002, 0, 0, 262_144, 1] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [1u32, 0, len, len] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.resize(b.len() + present, 0x5a);
+        b
+    }
+
+    #[test]
+    fn a_complete_record_too_large_to_read_is_not_called_cut_short() {
+        let huge = LARGEST_RECORD as u32 + 4096;
+        let read = |bytes: Vec<u8>| {
+            let mut r = CaptureReader::open("big.pcap", Box::new(io::Cursor::new(bytes))).unwrap();
+            r.next_packet(&mut Vec::new(), 65535).err().unwrap()
+        };
+        let whole = read(one_record(huge, huge as usize));
+        assert_eq!(whole.code, exit::DATAERR);
+        assert!(
+            whole.message.contains("record 1 is larger than"),
+            "{}",
+            whole.message
+        );
+        let cut = read(one_record(huge, 1000));
+        assert!(
+            cut.message.contains("record 1 is cut short"),
+            "{}",
+            cut.message
+        );
     }
 }
