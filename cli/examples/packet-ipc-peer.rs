@@ -8,6 +8,8 @@
 //!   to the client that connects.
 //! - `packet-ipc-peer produce SERVER` and `packet-ipc-peer subscribe SERVER` are a producer
 //!   and a subscriber of the daemon `packet-ipcd`, for tests.
+//! - `packet-ipc-peer attack flood|swap|impersonate SERVER` is a hostile local user, for
+//!   the trust tests (which run it as another user).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -60,6 +62,15 @@ enum Cmd {
         /// How long to wait for a daemon to come back, in milliseconds.
         #[arg(long, default_value_t = 30_000)]
         reconnect_wait_ms: u64,
+        /// Make every packet say who sent it: this tag, its batch and its index in the
+        /// first 12 bytes, and bytes that follow from them (see `tagged`).
+        #[arg(long)]
+        tag: Option<u32>,
+    },
+    /// Attack the bootstrap as a hostile local user would.
+    Attack {
+        #[command(subcommand)]
+        how: Attack,
     },
     /// Receive from a server of the daemon until the end, a count or a timeout.
     Subscribe {
@@ -91,6 +102,38 @@ enum Cmd {
         /// Exit abruptly after this many batches, without closing the stream.
         #[arg(long)]
         abort_after: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Attack {
+    /// Drop requests naming a socket that never accepts, in the control directory and the
+    /// server's subscriber spool, and hold them.
+    Flood {
+        /// The server.
+        server: String,
+        /// Requests in all.
+        #[arg(long, default_value_t = 600)]
+        requests: usize,
+        /// Hold the socket this long, in milliseconds.
+        #[arg(long, default_value_t = 5_000)]
+        hold_ms: u64,
+    },
+    /// Exchange request files with FIFOs, and plant links to /dev/zero, in every spool.
+    Swap {
+        /// The server.
+        server: String,
+        /// For this long, in milliseconds.
+        #[arg(long, default_value_t = 5_000)]
+        ms: u64,
+    },
+    /// Answer other users' clients in the daemon's place.
+    Impersonate {
+        /// The server.
+        server: String,
+        /// For this long, in milliseconds.
+        #[arg(long, default_value_t = 5_000)]
+        ms: u64,
     },
 }
 
@@ -132,7 +175,9 @@ fn main() -> ExitCode {
             gen,
             pause_us,
             reconnect_wait_ms,
-        } => produce(&server, gen, pause_us, reconnect_wait_ms),
+            tag,
+        } => produce(&server, gen, pause_us, reconnect_wait_ms, tag),
+        Cmd::Attack { how } => attack(how),
         Cmd::Subscribe {
             server,
             count,
@@ -254,9 +299,44 @@ fn options(reconnect_wait_ms: u64) -> ConnectOptions {
     }
 }
 
-fn produce(server: &str, gen: Gen, pause_us: u64, reconnect_wait_ms: u64) -> AnyResult {
+/// Packet `i` of batch `batch` from the producer tagged `tag`: 12 to `size` bytes (a
+/// length that varies with `i`), starting with the tag, the batch and `i` (little-endian
+/// u32s), then bytes that follow from all three. A test can check each packet it receives
+/// against this, byte for byte, and tell whose it is.
+fn tagged(tag: u32, batch: u32, i: u32, size: usize) -> Vec<u8> {
+    let len = size.saturating_sub(i as usize % 7).max(12);
+    let mut data: Vec<u8> = (0..len)
+        .map(|k| (tag.wrapping_mul(31) ^ batch.wrapping_mul(7) ^ i ^ k as u32) as u8)
+        .collect();
+    data[..4].copy_from_slice(&tag.to_le_bytes());
+    data[4..8].copy_from_slice(&batch.to_le_bytes());
+    data[8..12].copy_from_slice(&i.to_le_bytes());
+    data
+}
+
+fn produce(
+    server: &str,
+    gen: Gen,
+    pause_us: u64,
+    reconnect_wait_ms: u64,
+    tag: Option<u32>,
+) -> AnyResult {
     let mut producer = Producer::connect_with(server, options(reconnect_wait_ms))?;
     eprintln!("connected to {server}");
+    if let Some(tag) = tag {
+        let now = SystemTime::now();
+        for b in 0..gen.batches as u32 {
+            let packets: Vec<Packet> = (0..gen.packets as u32)
+                .map(|i| Packet::new(now, tagged(tag, b, i, gen.size)))
+                .collect();
+            producer.send(&packets)?;
+        }
+        if !producer.flush(Duration::from_secs(30)) {
+            return Err("the daemon did not take every batch within 30 s".into());
+        }
+        println!("{}", serde_json::json!({ "batches": gen.batches }));
+        return Ok(());
+    }
     let packets = generated(gen);
     for _ in 0..gen.batches {
         producer.send(&packets)?;
@@ -321,6 +401,46 @@ fn subscribe(
         "seqs_ordered": seqs_ordered,
         "end": end,
     });
+    println!("{summary}");
+    Ok(())
+}
+
+fn attack(how: Attack) -> AnyResult {
+    use packet_ipc::broker::testing::attack;
+    let options = ConnectOptions::default();
+    let summary = match how {
+        Attack::Flood {
+            server,
+            requests,
+            hold_ms,
+        } => {
+            let spools = attack::spools(&options, &server)?;
+            let control = attack::flood(&spools[0], requests / 2)?;
+            let subscribers = attack::flood(&spools[2], requests - requests / 2)?;
+            eprintln!("flooded");
+            std::thread::sleep(Duration::from_millis(hold_ms));
+            serde_json::json!({ "written": control.written + subscribers.written })
+        }
+        Attack::Swap { server, ms } => {
+            let until = Instant::now() + Duration::from_millis(ms);
+            let spools = attack::spools(&options, &server)?;
+            eprintln!("swapping");
+            let swaps: Vec<std::thread::JoinHandle<u64>> = spools
+                .into_iter()
+                .map(|dir| {
+                    std::thread::spawn(move || attack::swap_requests(&dir, until).unwrap_or(0))
+                })
+                .collect();
+            let swaps: u64 = swaps.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+            serde_json::json!({ "swaps": swaps })
+        }
+        Attack::Impersonate { server, ms } => {
+            let until = Instant::now() + Duration::from_millis(ms);
+            let spools = attack::spools(&options, &server)?;
+            eprintln!("impersonating");
+            serde_json::json!({ "connected": attack::impersonate(&spools, until)? })
+        }
+    };
     println!("{summary}");
     Ok(())
 }

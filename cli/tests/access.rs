@@ -1,61 +1,12 @@
 //! Access control: the producer and subscriber groups of a server, enforced by the spool
 //! directories' group and mode, with clients run as real, different users.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use crate::util::{summary, wait_output, wait_stderr_line, Daemon, DEADLINE};
-
-const GROUP: &str = "pipc-cap";
-const ALLOWED: &str = "pipc-alice";
-const DENIED: &str = "pipc-bob";
-
-/// Creates the group and the two users (once; they may exist from an earlier run).
-/// False when this process may not (not root, or no useradd).
-fn users() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return false;
-    }
-    let run = |cmd: &mut Command| cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
-    // Exit status 9 means "already exists".
-    let ok = |s: std::io::Result<std::process::ExitStatus>| {
-        s.is_ok_and(|s| s.success() || s.code() == Some(9))
-    };
-    ok(run(Command::new("groupadd").arg(GROUP)))
-        && ok(run(Command::new("useradd").args([
-            "-M",
-            "-s",
-            "/usr/sbin/nologin",
-            "-G",
-            GROUP,
-            ALLOWED,
-        ])))
-        && ok(run(Command::new("useradd").args([
-            "-M",
-            "-s",
-            "/usr/sbin/nologin",
-            DENIED,
-        ])))
-}
-
-/// `packet-ipc-peer ARGS` run as `user` (with that user's groups) against `daemon`.
-fn peer_as(daemon: &Daemon, user: &str, args: &[&str]) -> std::process::Child {
-    Command::new("setpriv")
-        .args([
-            &format!("--reuid={user}"),
-            &format!("--regid={user}"),
-            "--init-groups",
-            "--",
-        ])
-        .arg(crate::util::peer_path())
-        .args(args)
-        .env("PACKET_IPC_RUNTIME_DIR", daemon.runtime())
-        .env_remove("PACKET_IPC_RENDEZVOUS")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start a client as another user")
-}
+use crate::util::{
+    peer_as, summary, users, wait_output, wait_stderr_line, Daemon, ALLOWED, DEADLINE, DENIED,
+    GROUP,
+};
 
 #[test]
 fn only_the_configured_group_may_produce_and_subscribe() {
@@ -130,14 +81,7 @@ fn only_the_configured_group_may_produce_and_subscribe() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o022, 0, "runtime directory mode {mode:o}");
-    let touch = Command::new("setpriv")
-        .args([
-            &format!("--reuid={DENIED}"),
-            &format!("--regid={DENIED}"),
-            "--init-groups",
-            "--",
-        ])
-        .arg("touch")
+    let touch = crate::util::as_user(DENIED, "touch")
         .arg(daemon.runtime().join("rendezvous.json"))
         .stderr(Stdio::null())
         .status()

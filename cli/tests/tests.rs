@@ -14,4 +14,5 @@ mod hostile;
 mod metrics;
 mod p2p;
 mod reliability;
+mod trust;
 mod util;

@@ -150,6 +150,74 @@ pub fn daemon_bin() -> &'static str {
     env!("CARGO_BIN_EXE_packet-ipcd")
 }
 
+/// The group of the tests that run clients as other users, a member and an outsider.
+pub const GROUP: &str = "pipc-cap";
+/// A member of [`GROUP`].
+pub const ALLOWED: &str = "pipc-alice";
+/// A user in no group of ours: the other local user of the trust tests.
+pub const DENIED: &str = "pipc-bob";
+
+/// Creates [`GROUP`], [`ALLOWED`] and [`DENIED`] (once; they may exist from an earlier
+/// run). False when this process may not (not root, or no useradd): the caller skips.
+pub fn users() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return false;
+    }
+    let run = |cmd: &mut Command| cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
+    // Exit status 9 means "already exists".
+    let ok = |s: std::io::Result<std::process::ExitStatus>| {
+        s.is_ok_and(|s| s.success() || s.code() == Some(9))
+    };
+    let user = |name: &str, groups: &[&str]| {
+        let mut cmd = Command::new("useradd");
+        cmd.args(["-M", "-s", "/usr/sbin/nologin"]);
+        if !groups.is_empty() {
+            cmd.arg("-G").arg(groups.join(","));
+        }
+        ok(run(cmd.arg(name)))
+    };
+    ok(run(Command::new("groupadd").arg(GROUP))) && user(ALLOWED, &[GROUP]) && user(DENIED, &[])
+}
+
+/// The uid of `user`.
+pub fn uid_of(user: &str) -> u32 {
+    nix::unistd::User::from_name(user)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("no user {user}"))
+        .uid
+        .as_raw()
+}
+
+/// `program` run as `user`, with that user's groups (`setpriv`), and an environment with
+/// no runtime directory of ours in it.
+pub fn as_user(user: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        &format!("--reuid={user}"),
+        &format!("--regid={user}"),
+        "--init-groups",
+        "--",
+    ])
+    .arg(program)
+    .env_remove("PACKET_IPC_RUNTIME_DIR")
+    .env_remove("PACKET_IPC_RENDEZVOUS")
+    .env_remove("XDG_RUNTIME_DIR");
+    cmd
+}
+
+/// `packet-ipc-peer ARGS` run as `user` (with that user's groups) against `daemon`.
+pub fn peer_as(daemon: &Daemon, user: &str, args: &[&str]) -> Child {
+    as_user(user, peer_path())
+        .args(args)
+        .env("PACKET_IPC_RUNTIME_DIR", daemon.runtime())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start a client as another user")
+}
+
 /// A `packet-ipcd` running in a temporary runtime directory, stopped (SIGKILL) on drop.
 pub struct Daemon {
     /// The daemon process.

@@ -55,6 +55,9 @@ pub enum DaemonError {
     /// The configuration is valid but does not fit this machine.
     #[error("{0}")]
     Setup(String),
+    /// The machine would not give what a server needs (a thread, an inotify watch).
+    #[error("{0}")]
+    Resources(String),
     /// The metrics endpoint cannot start (`metrics.listen`).
     #[error(transparent)]
     Metrics(#[from] MetricsError),
@@ -76,6 +79,7 @@ impl DaemonError {
         match self {
             DaemonError::Config(_) | DaemonError::Setup(_) | DaemonError::Metrics(_) => 78,
             DaemonError::AlreadyRunning { .. } => 75,
+            DaemonError::Resources(_) => 71,
             DaemonError::Io { .. } => 73,
         }
     }
@@ -97,8 +101,11 @@ const MAX_SOCKET_PATH: usize = 107;
 /// The longest name a client gives its socket in a spool directory, with its slash:
 /// `/<pid, hex>-<counter, hex>.sock`.
 const CLIENT_SOCKET_SUFFIX: usize = "/ffffffff-ffffffffffffffff.sock".len();
-/// Requests of one user not done yet (not welcomed, or not yet ready), at most.
+/// Requests of one user not done yet (not welcomed, or not yet ready), at most: the rest
+/// wait their turn.
 const PENDING_PER_UID: usize = 32;
+/// Requests of one user waiting for a turn, at most: past this, more are refused.
+const DEFERRED_PER_UID: usize = 4096;
 /// How often the spool directories are swept of what dead clients left.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// How often the daemon checks that every hub thread is alive.
@@ -258,10 +265,22 @@ struct Running {
 
 /// The per-user bound on requests that are not done yet (not welcomed, or welcomed and
 /// not yet ready): a user who floods the spool with requests for sockets that never
-/// answer holds a few slots, and delays nobody else.
+/// answer holds a few slots and waits for its own turns, and delays nobody else. A burst
+/// of ordinary clients of one user is served in turns too.
 #[derive(Default)]
 struct Pending {
     by_uid: Mutex<HashMap<u32, usize>>,
+    /// Requests taken from their spool, waiting for one of their user's slots.
+    deferred: Mutex<HashMap<u32, std::collections::VecDeque<Deferred>>>,
+    /// Told whenever a slot is released.
+    freed: tokio::sync::Notify,
+}
+
+/// A request taken from its spool directory: for a server and role, or for the counters.
+struct Deferred {
+    server: Option<String>,
+    producer: bool,
+    request: spool::Request,
 }
 
 /// One slot of [`Pending`], released when dropped.
@@ -283,6 +302,44 @@ impl Pending {
             uid,
         })
     }
+
+    /// Queues a request whose user has no slot free: false when its queue is full too.
+    /// The first request of a run of waiting ones is logged.
+    fn defer(&self, d: Deferred) -> bool {
+        let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        let queue = deferred.entry(d.request.uid).or_default();
+        if queue.len() >= DEFERRED_PER_UID {
+            return false;
+        }
+        if queue.is_empty() {
+            warn!(
+                uid = d.request.uid,
+                pid = d.request.pid,
+                "{PENDING_PER_UID} requests of this user are not done yet: its next ones \
+                 wait their turn"
+            );
+        }
+        queue.push_back(d);
+        true
+    }
+
+    /// The next waiting request whose user has a slot free now, with that slot.
+    fn next_ready(self: &Arc<Self>) -> Option<(Deferred, PendingSlot)> {
+        let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        let uids: Vec<u32> = deferred.keys().copied().collect();
+        for uid in uids {
+            let Some(slot) = self.take(uid) else {
+                continue;
+            };
+            let queue = deferred.get_mut(&uid)?;
+            let next = queue.pop_front();
+            if queue.is_empty() {
+                deferred.remove(&uid);
+            }
+            return next.map(|d| (d, slot));
+        }
+        None
+    }
 }
 
 impl Drop for PendingSlot {
@@ -298,6 +355,8 @@ impl Drop for PendingSlot {
                 by_uid.remove(&self.uid);
             }
         }
+        drop(by_uid);
+        self.pending.freed.notify_one();
     }
 }
 
@@ -428,8 +487,10 @@ pub async fn run(
         tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
     let mut sweep_tick = tokio::time::interval(SWEEP_EVERY);
     let mut health_tick = tokio::time::interval(HEALTH_EVERY);
+    let pending = Arc::clone(&daemon.pending);
     loop {
         tokio::select! {
+            () = pending.freed.notified() => daemon.serve_deferred(),
             ctl = control.recv() => match ctl {
                 Some(Control::Reload) => daemon.reload(&mut events).await,
                 Some(Control::Shutdown) | None => break,
@@ -532,7 +593,7 @@ impl Daemon {
             Arc::clone(&self.ids),
             self.epoch,
         )
-        .map_err(|e| DaemonError::Setup(format!("server {name}: {e}")))?;
+        .map_err(|e| DaemonError::Resources(format!("server {name}: {e}")))?;
         let mut watches = Vec::new();
         for (path, dir, producer) in [
             (&paths.producers, &producers, true),
@@ -554,7 +615,10 @@ impl Daemon {
                     });
                     hub.join();
                     let _ = self.srv.remove_tree(name);
-                    return Err(io_err("watching", path)(e));
+                    return Err(DaemonError::Resources(format!(
+                        "server {name}: watching {}: {e} (see fs.inotify.max_user_watches)",
+                        path.display()
+                    )));
                 }
             };
             self.watched.insert(
@@ -629,41 +693,56 @@ impl Daemon {
         self.dispatch(&w, &file);
     }
 
+    /// Takes a request file (checked and removed), and serves it now if its user has a
+    /// slot free, else queues it for its turn.
     fn dispatch(&self, w: &Watched, file: &str) {
-        match &w.server {
-            Some(server) => self.request(server, w.producer, w, file),
-            None => self.control_request(w, file),
+        let request = match spool::take_request(&w.dir, &w.path, file) {
+            Ok(r) => r,
+            Err(e) if e.is_gone() => return, // a rescan and an event for one file
+            Err(e) => {
+                warn!(server = ?w.server, error = %e, "refusing a request");
+                return;
+            }
+        };
+        let (uid, pid) = (request.uid, request.pid);
+        let d = Deferred {
+            server: w.server.clone(),
+            producer: w.producer,
+            request,
+        };
+        match self.pending.take(uid) {
+            Some(slot) => self.serve(d, slot),
+            None => {
+                if !self.pending.defer(d) {
+                    debug!(
+                        server = ?w.server,
+                        uid,
+                        pid,
+                        "refusing a request: {DEFERRED_PER_UID} of this user's requests are \
+                         already waiting"
+                    );
+                }
+            }
         }
     }
 
-    /// Takes a request file: checked, removed, and a slot of its user's pending bound.
-    fn take(&self, w: &Watched, file: &str) -> Option<(spool::Request, PendingSlot)> {
-        let request = match spool::take_request(&w.dir, &w.path, file) {
-            Ok(r) => r,
-            Err(e) if e.is_gone() => return None, // a rescan and an event for one file
-            Err(e) => {
-                warn!(server = ?w.server, error = %e, "refusing a request");
-                return None;
-            }
-        };
-        let Some(slot) = self.pending.take(request.uid) else {
-            warn!(
-                server = ?w.server,
-                uid = request.uid,
-                pid = request.pid,
-                "refusing a request: too many of this user's requests are not done yet"
-            );
-            return None;
-        };
-        Some((request, slot))
+    /// Serves requests that waited for a turn, as far as their users' slots allow.
+    fn serve_deferred(&self) {
+        while let Some((d, slot)) = self.pending.next_ready() {
+            self.serve(d, slot);
+        }
+    }
+
+    fn serve(&self, d: Deferred, slot: PendingSlot) {
+        match &d.server {
+            Some(server) => self.request(server, d.producer, d.request, slot),
+            None => self.control_request(d.request, slot),
+        }
     }
 
     /// Answers a control request (the counters of every server) at once: the answer is
     /// read from counters the hubs keep, without asking them.
-    fn control_request(&self, w: &Watched, file: &str) {
-        let Some((request, _slot)) = self.take(w, file) else {
-            return;
-        };
+    fn control_request(&self, request: spool::Request, _slot: PendingSlot) {
         let conn = match connect_client(&request.socket, request.uid) {
             Ok((conn, _)) => conn,
             Err(e) => {
@@ -682,11 +761,8 @@ impl Daemon {
         }
     }
 
-    /// Takes a request, connects to the client (never waiting) and hands it to the hub.
-    fn request(&self, server: &str, producer: bool, w: &Watched, file: &str) {
-        let Some((request, slot)) = self.take(w, file) else {
-            return;
-        };
+    /// Connects to the client (never waiting) and hands it to the hub.
+    fn request(&self, server: &str, producer: bool, request: spool::Request, slot: PendingSlot) {
         let Some(running) = self.servers.get(server) else {
             return;
         };

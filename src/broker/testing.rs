@@ -143,6 +143,25 @@ impl HostileProducer {
         })
     }
 
+    /// Leaves without a word: shuts its socket down, but keeps its pool mapped and
+    /// writable, as a producer that means to write into it once it is gone.
+    pub fn hang_up(&mut self) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let link = self.link()?;
+        let (_, _, _, conn) = link.raw();
+        nix::sys::socket::shutdown(conn.as_fd().as_raw_fd(), nix::sys::socket::Shutdown::Both)
+            .map_err(|e| Error::Spool(format!("shutdown: {e}")))
+    }
+
+    /// Writes `bytes` at the start of every slot of its pool that holds them: the slots
+    /// written.
+    pub fn write_everywhere(&mut self, bytes: &[u8]) -> Result<u32> {
+        let slots = self.link()?.shape().slots();
+        Ok((0..slots)
+            .filter(|&slot| self.write_slot(slot, bytes).is_ok())
+            .count() as u32)
+    }
+
     /// Waits up to `timeout` for the daemon's word that it cut this producer off.
     pub fn cut_off(&mut self, timeout: Duration) -> Result<Option<String>> {
         let deadline = Instant::now() + timeout;
@@ -405,6 +424,163 @@ impl Drop for InProcessDaemon {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
+    }
+}
+
+/// What another local user can do to the bootstrap: flood the spool with requests,
+/// swap request files under the daemon, answer other users' clients first. The tests run
+/// these as another user (`packet-ipc-peer attack ...` under `setpriv`).
+pub mod attack {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::{Path, PathBuf};
+    use std::time::Instant;
+
+    use crate::connect::ConnectOptions;
+    use crate::rendezvous::{spool, Rendezvous};
+    use crate::transport::sock::{Conn, Listener};
+    use crate::{Error, Result};
+
+    fn io(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+        move |e| Error::Spool(format!("{what}: {e}"))
+    }
+
+    /// The daemon's control directory and `server`'s two spool directories.
+    pub fn spools(options: &ConnectOptions, server: &str) -> Result<Vec<PathBuf>> {
+        let r = Rendezvous::read(&options.rendezvous_path())
+            .map_err(|e| Error::NoDaemon(e.to_string()))?;
+        let entry = r
+            .server(server)
+            .ok_or_else(|| Error::Spool(format!("no server {server}")))?;
+        Ok(vec![
+            r.control.clone(),
+            entry.producers.clone(),
+            entry.subscribers.clone(),
+        ])
+    }
+
+    /// Requests naming sockets that never accept: held until dropped.
+    pub struct Flood {
+        _requests: Vec<(Listener, spool::Submitted)>,
+        /// How many requests were written.
+        pub written: usize,
+    }
+
+    /// Drops `n` requests into `dir`, each naming a socket of its own that listens with a
+    /// backlog of 0 and never accepts: the daemon's connect gets in (a backlog of 0 holds
+    /// one), and then nothing is ever said on it.
+    pub fn flood(dir: &Path, n: usize) -> Result<Flood> {
+        let mut requests = Vec::with_capacity(n);
+        for k in 0..n {
+            let name = format!("{:x}-flood-{k}.sock", std::process::id());
+            let listener = Listener::bind(&dir.join(&name), 0o666).map_err(io("listening"))?;
+            listener.set_backlog(0).map_err(io("listen(0)"))?;
+            match spool::submit(dir, &name, None) {
+                Ok(s) => requests.push((listener, s)),
+                Err(e) => return Err(Error::Spool(e.to_string())),
+            }
+        }
+        Ok(Flood {
+            written: requests.len(),
+            _requests: requests,
+        })
+    }
+
+    fn c_path(p: &Path) -> CString {
+        CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
+    }
+
+    /// Until `until`: in `dir`, exchanges a request file with a FIFO
+    /// (`renameat2(RENAME_EXCHANGE)`) as fast as it can, so that the name the daemon was
+    /// told about is a FIFO when it opens it; and plants a link to `/dev/zero` named as a
+    /// request. The exchanges made.
+    pub fn swap_requests(dir: &Path, until: Instant) -> Result<u64> {
+        let stem = format!("{:x}-swap", std::process::id());
+        let request = dir.join(format!("{stem}.{}", spool::REQUEST_EXT));
+        let fifo = dir.join(format!(".{stem}.fifo"));
+        let zero = dir.join(format!("{stem}-zero.{}", spool::REQUEST_EXT));
+        let body = format!(
+            "{{\"version\": 2, \"socket\": \"{stem}.sock\", \"pid\": {}}}",
+            std::process::id()
+        );
+        let (request_c, fifo_c) = (c_path(&request), c_path(&fifo));
+        let mut swaps = 0;
+        while Instant::now() < until {
+            // The daemon takes (removes) what it is given: put back what is missing.
+            if std::fs::symlink_metadata(&fifo).is_err() {
+                // SAFETY: a valid C string.
+                unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o666) };
+            }
+            if std::fs::symlink_metadata(&request).is_err() {
+                let _ = std::fs::write(&request, &body);
+            }
+            if std::fs::symlink_metadata(&zero).is_err() {
+                let _ = std::os::unix::fs::symlink("/dev/zero", &zero);
+            }
+            // SAFETY: valid C strings; RENAME_EXCHANGE swaps two existing names.
+            let rc = unsafe {
+                libc::renameat2(
+                    libc::AT_FDCWD,
+                    request_c.as_ptr(),
+                    libc::AT_FDCWD,
+                    fifo_c.as_ptr(),
+                    libc::RENAME_EXCHANGE,
+                )
+            };
+            if rc == 0 {
+                swaps += 1;
+            }
+        }
+        for p in [&request, &fifo, &zero] {
+            let _ = std::fs::remove_file(p);
+        }
+        Ok(swaps)
+    }
+
+    /// The name of the one server in the counters [`impersonate`] forges.
+    pub const FORGED_SERVER: &str = "forged-by-an-impostor";
+
+    /// Until `until`: connects to every client socket it finds in `dirs` and answers in
+    /// the daemon's place (counters naming [`FORGED_SERVER`] in sealed memory, a welcome,
+    /// a refusal), as a user who wants to answer other users' clients before the daemon
+    /// does. The connections made.
+    pub fn impersonate(dirs: &[PathBuf], until: Instant) -> Result<u64> {
+        use crate::transport::bootstrap::{send_refused, send_stats};
+        let stats = crate::stats::Stats {
+            servers: vec![crate::stats::ServerStats {
+                name: FORGED_SERVER.into(),
+                packets_in: 424_242,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let forged_stats = serde_json::to_string(&stats).unwrap_or_default();
+        let forged_welcome = b"\x01\x00\x00\x00\x00\x00\x00\x00{\"forged\": true}";
+        let mut connected = 0;
+        while Instant::now() < until {
+            for dir in dirs {
+                let Ok(entries) = std::fs::read_dir(dir) else {
+                    continue;
+                };
+                for e in entries.flatten() {
+                    let name = e.file_name();
+                    if !name.as_bytes().ends_with(spool::SOCKET_EXT.as_bytes()) {
+                        continue;
+                    }
+                    let Ok(conn) = Conn::connect_nonblocking(&e.path()) else {
+                        continue;
+                    };
+                    connected += 1;
+                    let _ = send_stats(&conn, &forged_stats);
+                    let _ = conn.send(forged_welcome, &[]);
+                    send_refused(&conn, "the impostor says no");
+                    // Held a moment, as if it had something more to say.
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    drop::<Conn>(conn);
+                }
+            }
+        }
+        Ok(connected)
     }
 }
 

@@ -365,6 +365,14 @@ impl Listener {
         Ok(listener)
     }
 
+    /// Testing: listens with a backlog of `n` (0: a listener that takes next to nothing,
+    /// as an attacker's would).
+    #[cfg(feature = "daemon")]
+    pub(crate) fn set_backlog(&self, n: i32) -> io::Result<()> {
+        // SAFETY: listen on our own socket.
+        cvt(unsafe { libc::listen(self.fd.as_raw_fd(), n) }).map(drop)
+    }
+
     /// The socket's path.
     pub(crate) fn path(&self) -> &Path {
         &self.path
