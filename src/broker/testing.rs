@@ -552,7 +552,6 @@ pub mod attack {
                 packets_in: 424_242,
                 ..Default::default()
             }],
-            ..Default::default()
         };
         let forged_stats = serde_json::to_string(&stats).unwrap_or_default();
         let forged_welcome = b"\x01\x00\x00\x00\x00\x00\x00\x00{\"forged\": true}";
