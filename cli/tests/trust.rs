@@ -103,7 +103,7 @@ fn assert_each_producers_own(who: &str, got: &[Packet], plans: &HashMap<u32, Pla
             data == tagged(tag, batch, i, plan.size).as_slice(),
             "{who}: packet {n} (producer {tag}, batch {batch}, packet {i}) differs"
         );
-        assert_eq!(p.orig_len() as usize, data.len());
+        assert_eq!(p.orig_len(), data.len());
         *expected = if i + 1 == plan.packets {
             (batch + 1, 0)
         } else {
