@@ -1,5 +1,6 @@
 //! The C API of packet-ipc: `libpacket_ipc.so` and `libpacket_ipc.a`, declared by the
-//! generated header `capi/include/packet_ipc.h` (DESIGN.md section 1.4).
+//! generated header `capi/include/packet_ipc.h` (committed; `capi/tests/header.rs` checks
+//! that it is current and that it declares the C API's contract as C programs use it).
 //!
 //! Every exported function checks its pointers, returns a status (or a neutral value for
 //! the getters and `_free` functions), and catches panics, so that no unwinding ever
@@ -22,7 +23,7 @@
 //! regenerates the header and fails when the committed one differs.
 #![expect(
     non_camel_case_types,
-    reason = "the C types are named as DESIGN.md section 1.4 declares them"
+    reason = "the C types are named as C programs know them: pipc_producer, pipc_batch..."
 )]
 
 mod status;

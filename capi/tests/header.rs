@@ -53,7 +53,7 @@ fn header_is_up_to_date() {
 fn header_declares_the_contract() {
     let header = generate();
     // cbindgen (style "both": a tag and a typedef for each struct) names the structs with
-    // their tag in prototypes, `struct pipc_producer **out`: the same type as DESIGN.md's
+    // their tag in prototypes, `struct pipc_producer **out`: the same type as the contract's
     // `pipc_producer **out`. Compared without it; the typedefs are checked as they are.
     // Whitespace runs are compared as one space: cbindgen wraps long prototypes.
     let plain = header
@@ -76,7 +76,7 @@ fn header_declares_the_contract() {
             "the header lacks `{typedef}`:\n{header}"
         );
     }
-    // DESIGN.md section 1.4, as it must read in C (cbindgen's spacing).
+    // The C API's contract, as it must read in C (cbindgen's spacing).
     for line in [
         "#define PIPC_OK 0",
         "const char *pipc_strerror(int status);",

@@ -9,7 +9,7 @@ use clap::Args;
 
 use crate::{exit, Failure, Outcome};
 
-/// `packet-ipc bench` options (DESIGN 1.5).
+/// `packet-ipc bench` options.
 #[derive(Args)]
 pub struct BenchArgs {
     /// Subscriber processes.

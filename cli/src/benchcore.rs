@@ -1,4 +1,4 @@
-//! `packet-ipc bench`: the built-in benchmark (DESIGN §1.5).
+//! `packet-ipc bench`: the built-in benchmark.
 //!
 //! [`run`] starts its own `packet-ipcd` in a temporary runtime directory with one server
 //! (`overflow = "block"`), N subscriber processes and one producer (this process), and
@@ -125,7 +125,8 @@ impl BenchOptions {
     }
 }
 
-/// The figures of one run; the JSON keys are part of the contract (DESIGN §1.5).
+/// The figures of one run; the JSON keys are a contract (scripts read them, and
+/// `bench_reports_every_contract_key` checks them).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BenchReport {
     /// Packets per second delivered, summed over subscribers.

@@ -2,8 +2,9 @@
 //! one, capture from an interface into one, subscribe to one (into a pcap file or stdout),
 //! and read the daemon's live counters.
 //!
-//! The contract (subcommands, flags, `--json` keys) is DESIGN.md section 1.1. Every error
-//! is one line on stderr, `packet-ipc: ...`, and a sysexits exit code (see [`Failure`]).
+//! Subcommands, flags and `--json` keys are a contract that scripts rely on (the README
+//! and each subcommand's `--help` document them; the tests check them). Every error is
+//! one line on stderr, `packet-ipc: ...`, and a sysexits exit code (see [`Failure`]).
 //!
 //! - `servers.rs`, `publish.rs`, `capture.rs`, `subscribe.rs`, `stats.rs`, `bench.rs`:
 //!   one subcommand each.

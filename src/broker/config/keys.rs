@@ -112,7 +112,9 @@ pub const KEYS: &[KeySpec] = &[
         default: None,
         kind: Kind::AbsolutePath,
         doc: "Where the rendezvous file, the spool directories and the lock live. Unset lets \
-              the daemon choose (see DESIGN.md 1.1).",
+              the daemon choose: $PACKET_IPC_RUNTIME_DIR, else $RUNTIME_DIRECTORY (systemd), \
+              else /run/packet-ipc as root, else $XDG_RUNTIME_DIR/packet-ipc, else \
+              /tmp/packet-ipc-<uid>.",
     },
     KeySpec {
         section: Section::Daemon,

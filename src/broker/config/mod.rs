@@ -134,7 +134,7 @@ pub struct Config {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DaemonConfig {
     /// `runtime-dir`: where the rendezvous file, the spool directories and the lock live.
-    /// `None` lets the daemon choose (see DESIGN.md 1.1). Absolute.
+    /// `None` lets the daemon choose ([`crate::rendezvous::daemon_runtime_dir`]). Absolute.
     pub runtime_dir: Option<PathBuf>,
     /// `log-format`: how the daemon writes its log.
     pub log_format: LogFormat,
