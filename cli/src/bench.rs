@@ -108,7 +108,7 @@ pub fn run(args: BenchArgs) -> Outcome {
     };
     let report = bench::run(&options, &program, &daemon_binary()).map_err(failure)?;
     if args.json {
-        println!("{}", serde_json::to_string(&report).map_err(failure)?);
+        crate::print_json(&report)?;
     } else {
         print!("{}", report.human());
     }

@@ -131,6 +131,27 @@ fn capture_failure(e: CaptureError) -> Failure {
 }
 
 /// One packet of the batch being gathered: where its bytes are in the arena.
+/// `capture --json`.
+#[derive(serde::Serialize)]
+struct CaptureSummary<'a> {
+    server: &'a str,
+    interface: &'a str,
+    filter: Option<&'a str>,
+    snaplen: u32,
+    packets: u64,
+    bytes: u64,
+    batches: u64,
+    received: u64,
+    dropped_kernel: u64,
+    dropped_interface: u64,
+    seconds: f64,
+    packets_per_second: f64,
+    bits_per_second: f64,
+    #[serde(flatten)]
+    reconnected: crate::ReconnectSummary,
+    end: &'a str,
+}
+
 #[derive(Clone, Copy)]
 struct Record {
     ts_nanos: u64,
@@ -341,26 +362,23 @@ pub fn run(args: CaptureArgs) -> Outcome {
 
     let (packets, bytes) = (gather.packets, gather.bytes);
     if args.json {
-        let summary = serde_json::json!({
-            "server": args.server,
-            "interface": args.iface,
-            "filter": args.filter,
-            "snaplen": snaplen,
-            "packets": packets,
-            "bytes": bytes,
-            "batches": gather.batches,
-            "received": stats.received,
-            "dropped_kernel": stats.dropped_kernel,
-            "dropped_interface": stats.dropped_interface,
-            "seconds": elapsed.as_secs_f64(),
-            "packets_per_second": human::per_second(packets, elapsed),
-            "bits_per_second": human::per_second(bytes, elapsed) * 8.0,
-            "reconnects": report.reconnects,
-            "uncertain_batches": report.uncertain_batches,
-            "uncertain_packets": report.uncertain_packets,
-            "end": end.word(),
-        });
-        println!("{summary}");
+        crate::print_json(&CaptureSummary {
+            server: &args.server,
+            interface: &args.iface,
+            filter: args.filter.as_deref(),
+            snaplen,
+            packets,
+            bytes,
+            batches: gather.batches,
+            received: stats.received,
+            dropped_kernel: stats.dropped_kernel,
+            dropped_interface: stats.dropped_interface,
+            seconds: elapsed.as_secs_f64(),
+            packets_per_second: human::per_second(packets, elapsed),
+            bits_per_second: human::per_second(bytes, elapsed) * 8.0,
+            reconnected: (&report).into(),
+            end: end.word(),
+        })?;
     } else {
         println!(
             "captured {packets} packets, {bytes} bytes ({}) on {} into {} in {}: {} (end: {})",

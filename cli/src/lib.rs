@@ -144,12 +144,39 @@ fn filter_failure(e: &packet_ipc::libpcap::FilterError) -> Failure {
 /// The result of a subcommand.
 pub type Outcome<T = ()> = Result<T, Failure>;
 
-/// Prints one JSON document on stdout (the `--json` output of a subcommand).
+/// One JSON document on one line: how every `--json` output is written (a typed,
+/// `Serialize` struct per subcommand).
+pub fn json_line(value: &impl serde::Serialize) -> Outcome<String> {
+    serde_json::to_string(value)
+        .map_err(|e| Failure::new(exit::SOFTWARE, format!("cannot write JSON: {e}")))
+}
+
+/// Prints the `--json` output of a subcommand on stdout ([`json_line`]).
 pub fn print_json(value: &impl serde::Serialize) -> Outcome {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| Failure::new(exit::SOFTWARE, format!("cannot write JSON: {e}")))?;
-    println!("{text}");
+    println!("{}", json_line(value)?);
     Ok(())
+}
+
+/// What a producer's summary says about the daemon going away meanwhile (`publish`,
+/// `capture`).
+#[derive(serde::Serialize)]
+pub struct ReconnectSummary {
+    /// Times it reconnected to a daemon.
+    pub reconnects: u64,
+    /// Batches sent to a daemon that went away, which may not have been delivered.
+    pub uncertain_batches: u64,
+    /// The packets in them.
+    pub uncertain_packets: u64,
+}
+
+impl From<&packet_ipc::ProducerReport> for ReconnectSummary {
+    fn from(r: &packet_ipc::ProducerReport) -> Self {
+        ReconnectSummary {
+            reconnects: r.reconnects,
+            uncertain_batches: r.uncertain_batches,
+            uncertain_packets: r.uncertain_packets,
+        }
+    }
 }
 
 /// Parses a number of seconds (`1.5`, `0`) into a duration.

@@ -187,21 +187,18 @@ pub fn run(args: PublishArgs) -> Outcome {
     let report = producer.report();
     drop(producer);
     if args.json {
-        let summary = serde_json::json!({
-            "server": args.server,
-            "format": format,
-            "packets": packets,
-            "bytes": bytes,
-            "batches": batches,
-            "seconds": elapsed.as_secs_f64(),
-            "packets_per_second": human::per_second(packets, elapsed),
-            "bits_per_second": human::per_second(bytes, elapsed) * 8.0,
-            "interrupted": interrupted,
-            "reconnects": report.reconnects,
-            "uncertain_batches": report.uncertain_batches,
-            "uncertain_packets": report.uncertain_packets,
-        });
-        println!("{summary}");
+        crate::print_json(&PublishSummary {
+            server: &args.server,
+            format,
+            packets,
+            bytes,
+            batches,
+            seconds: elapsed.as_secs_f64(),
+            packets_per_second: human::per_second(packets, elapsed),
+            bits_per_second: human::per_second(bytes, elapsed) * 8.0,
+            interrupted,
+            reconnected: (&report).into(),
+        })?;
     } else {
         println!(
             "sent {packets} packets ({format}), {bytes} bytes ({}) to {} in {}: {}{}",
@@ -216,6 +213,22 @@ pub fn run(args: PublishArgs) -> Outcome {
         }
     }
     Ok(())
+}
+
+/// `publish --json`.
+#[derive(serde::Serialize)]
+struct PublishSummary<'a> {
+    server: &'a str,
+    format: &'a str,
+    packets: u64,
+    bytes: u64,
+    batches: u64,
+    seconds: f64,
+    packets_per_second: f64,
+    bits_per_second: f64,
+    interrupted: bool,
+    #[serde(flatten)]
+    reconnected: crate::ReconnectSummary,
 }
 
 /// For a producer's human summary: whether the daemon went away meanwhile, and what may

@@ -219,22 +219,21 @@ pub fn run(args: SubscribeArgs) -> Outcome {
     drop(out);
 
     let summary = if args.json {
-        serde_json::json!({
-            "server": args.server,
-            "packets": totals.packets,
-            "bytes": totals.bytes,
-            "lost_batches": totals.lost_batches,
-            "lost_packets": lost_packets,
-            "batches": totals.batches,
-            "reconnections": totals.reconnections,
-            "reconnects": reconnects,
-            "filtered_out": filtered_out,
-            "seconds": elapsed.as_secs_f64(),
-            "packets_per_second": human::per_second(totals.packets, elapsed),
-            "bits_per_second": human::per_second(totals.bytes, elapsed) * 8.0,
-            "end": end.word(),
-        })
-        .to_string()
+        crate::json_line(&SubscribeSummary {
+            server: &args.server,
+            packets: totals.packets,
+            bytes: totals.bytes,
+            lost_batches: totals.lost_batches,
+            lost_packets,
+            batches: totals.batches,
+            reconnections: totals.reconnections,
+            reconnects,
+            filtered_out,
+            seconds: elapsed.as_secs_f64(),
+            packets_per_second: human::per_second(totals.packets, elapsed),
+            bits_per_second: human::per_second(totals.bytes, elapsed) * 8.0,
+            end: end.word(),
+        })?
     } else {
         let lost = if totals.lost_batches > 0 {
             format!(
@@ -272,6 +271,26 @@ pub fn run(args: SubscribeArgs) -> Outcome {
         println!("{summary}");
     }
     Ok(())
+}
+
+/// `subscribe --json` (on stderr when the pcap goes to stdout).
+#[derive(serde::Serialize)]
+struct SubscribeSummary<'a> {
+    server: &'a str,
+    packets: u64,
+    bytes: u64,
+    lost_batches: u64,
+    lost_packets: u64,
+    batches: u64,
+    /// Batches that came first after a reconnection.
+    reconnections: u64,
+    /// Times the subscriber reconnected.
+    reconnects: u64,
+    filtered_out: u64,
+    seconds: f64,
+    packets_per_second: f64,
+    bits_per_second: f64,
+    end: &'a str,
 }
 
 /// The packets in the batches dropped for this subscriber, from the daemon's counters

@@ -231,28 +231,28 @@ async fn export(
     let lost = counters.lost_batches.load(Ordering::Relaxed);
     let cut = counters.cut_packets.load(Ordering::Relaxed);
     if args.nats.json {
-        crate::print_json(&serde_json::json!({
-            "server": args.server,
-            "nats": nats.url,
-            "stream": args.nats.stream_name(),
-            "subject": subject,
-            "batches": batches,
-            "messages": t.messages,
-            "packets": t.packets,
-            "bytes": t.bytes,
-            "last_sequence": t.last_sequence,
-            "cut_packets": cut,
-            "lost_batches": lost,
-            "reconnections": counters.reconnections.load(Ordering::Relaxed),
-            "retries": t.retries,
-            "duplicates": t.duplicates,
-            "max_payload": max_payload,
-            "seconds": elapsed.as_secs_f64(),
-            "active_seconds": active.as_secs_f64(),
-            "packets_per_second": human::per_second(t.packets, elapsed),
-            "bits_per_second": human::per_second(t.bytes, elapsed) * 8.0,
-            "end": end,
-        }))?;
+        crate::print_json(&ExportSummary {
+            server: &args.server,
+            nats: &nats.url,
+            stream: args.nats.stream_name(),
+            subject: &subject,
+            batches,
+            messages: t.messages,
+            packets: t.packets,
+            bytes: t.bytes,
+            last_sequence: t.last_sequence,
+            cut_packets: cut,
+            lost_batches: lost,
+            reconnections: counters.reconnections.load(Ordering::Relaxed),
+            retries: t.retries,
+            duplicates: t.duplicates,
+            max_payload,
+            seconds: elapsed.as_secs_f64(),
+            active_seconds: active.as_secs_f64(),
+            packets_per_second: human::per_second(t.packets, elapsed),
+            bits_per_second: human::per_second(t.bytes, elapsed) * 8.0,
+            end,
+        })?;
     } else {
         println!(
             "exported {batches} batches as {} messages, {} packets, {} bytes ({}) from {} to {subject} \
@@ -528,6 +528,31 @@ fn wire_len(headers: &HeaderMap) -> usize {
         }
     }
     len
+}
+
+/// `bridge export --json`.
+#[derive(serde::Serialize)]
+struct ExportSummary<'a> {
+    server: &'a str,
+    nats: &'a str,
+    stream: &'a str,
+    subject: &'a str,
+    batches: u64,
+    messages: u64,
+    packets: u64,
+    bytes: u64,
+    last_sequence: u64,
+    cut_packets: u64,
+    lost_batches: u64,
+    reconnections: u64,
+    retries: u64,
+    duplicates: u64,
+    max_payload: usize,
+    seconds: f64,
+    active_seconds: f64,
+    packets_per_second: f64,
+    bits_per_second: f64,
+    end: &'a str,
 }
 
 /// What reached JetStream.

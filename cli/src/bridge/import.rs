@@ -132,6 +132,29 @@ pub fn run(args: ImportArgs) -> Outcome {
     result
 }
 
+/// `bridge import --json`.
+#[derive(serde::Serialize)]
+struct ImportSummary<'a> {
+    server: &'a str,
+    nats: &'a str,
+    stream: &'a str,
+    subject: &'a str,
+    durable: &'a str,
+    batches: u64,
+    sends: u64,
+    packets: u64,
+    bytes: u64,
+    last_sequence: u64,
+    gaps: u64,
+    missed_messages: u64,
+    duplicates: u64,
+    held: usize,
+    seconds: f64,
+    packets_per_second: f64,
+    bits_per_second: f64,
+    end: &'a str,
+}
+
 /// Counters of the run.
 #[derive(Default)]
 struct Totals {
@@ -361,26 +384,26 @@ async fn import(args: &ImportArgs, producer: Producer, stop: &Arc<AtomicBool>) -
     let elapsed = started.elapsed();
     let t = &totals;
     if args.nats.json {
-        crate::print_json(&serde_json::json!({
-            "server": args.server,
-            "nats": nats.url,
-            "stream": args.nats.stream_name(),
-            "subject": subject,
-            "durable": durable,
-            "batches": t.messages,
-            "sends": t.sends,
-            "packets": t.packets,
-            "bytes": t.bytes,
-            "last_sequence": t.last_sequence,
-            "gaps": t.gaps,
-            "missed_messages": t.missed_messages,
-            "duplicates": t.duplicates,
-            "held": sequencer.held(),
-            "seconds": elapsed.as_secs_f64(),
-            "packets_per_second": human::per_second(t.packets, elapsed),
-            "bits_per_second": human::per_second(t.bytes, elapsed) * 8.0,
-            "end": "signal",
-        }))?;
+        crate::print_json(&ImportSummary {
+            server: &args.server,
+            nats: &nats.url,
+            stream: args.nats.stream_name(),
+            subject: &subject,
+            durable: &durable,
+            batches: t.messages,
+            sends: t.sends,
+            packets: t.packets,
+            bytes: t.bytes,
+            last_sequence: t.last_sequence,
+            gaps: t.gaps,
+            missed_messages: t.missed_messages,
+            duplicates: t.duplicates,
+            held: sequencer.held(),
+            seconds: elapsed.as_secs_f64(),
+            packets_per_second: human::per_second(t.packets, elapsed),
+            bits_per_second: human::per_second(t.bytes, elapsed) * 8.0,
+            end: "signal",
+        })?;
     } else {
         println!(
             "imported {} batches, {} packets, {} bytes ({}) from {subject} into {} in {}: {}; \
