@@ -8,21 +8,26 @@
 //!   documented there for C readers).
 //! - [`flow`]: a symmetric 32-bit flow hash per packet, for balancing flows over the
 //!   workers of a subscriber group.
-//! - `transport`: everything that knows ipc-channel: hand-packed frames, reused
-//!   shared-memory segments, the point-to-point link. Nothing outside it names an
-//!   ipc-channel type.
+//! - `transport`: how bytes move. Point to point, over ipc-channel (hand-packed frames,
+//!   reused shared-memory segments, the link; nothing outside names an ipc-channel type).
+//!   Through the daemon: `SOCK_SEQPACKET` sockets with credentials, sealed memfds, rings
+//!   of descriptors in shared memory, futex doorbells, the bootstrap.
 //! - [`Server`] / [`ConnectedIpc`] (`server.rs`), [`Client`] (`client.rs`) and
 //!   [`TransferIpc`] (`stream.rs`): the point-to-point API of the original crate.
-//! - [`broker`]: the daemon `packet-ipcd`: configuration, rendezvous file, spool
-//!   directories, one hub thread per named server doing the fan-out, lifecycle.
-//! - [`options`]: options of both the daemon's configuration and its clients
-//!   ([`options::WaitMode`]).
+//! - [`rendezvous`]: where the daemon and its clients meet: the runtime directory, the
+//!   rendezvous file listing the servers, the spool request files, and safe file access.
+//! - [`connect`]: connection options of the daemon's clients, listing servers, stats.
 //! - [`Producer`] (`producer.rs`) and [`Subscriber`] (`subscriber.rs`): clients of the
 //!   daemon, which find it through the rendezvous file and reconnect by themselves.
+//! - [`options`]: options of both the daemon's configuration and its clients
+//!   ([`options::WaitMode`]); [`stats`](mod@stats): the daemon's counters as clients read them.
+//! - `broker` (feature `daemon`): the daemon `packet-ipcd`: configuration, one hub thread
+//!   per named server doing the fan-out, lifecycle, metrics.
 //! - [`libpcap`]: libpcap loaded at run time: tcpdump filter expressions ([`libpcap::Filter`])
 //!   and capture from interfaces ([`libpcap::LiveCapture`]).
-//! - [`bench`](mod@bench): the built-in benchmark behind `packet-ipc bench`.
-//! - `src/bin/`: the `packet-ipcd` daemon and the `packet-ipc` tool, thin mains.
+//!
+//! The programs (`packet-ipcd`, `packet-ipc`, `packet-ipc-extcap`) are the `packet-ipc-cli`
+//! package, in `cli/`; the C API is `capi/`.
 
 pub mod batch;
 #[cfg(feature = "daemon")]

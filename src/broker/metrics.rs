@@ -2,9 +2,9 @@
 //! 0.0.4, served on the daemon's tokio runtime when `[metrics] listen` is set.
 //!
 //! Nothing is counted here: at each scrape a [`prometheus`] collector reads the counters
-//! the hubs already keep in their [`Board`]s (plain atomics, and a lock the hub takes only
+//! the hubs already keep in their boards (plain atomics, and a lock the hub takes only
 //! when a client joins or leaves), so a scrape never waits for, or slows, a hub. The set of
-//! boards is [`SharedBoards`], which the daemon updates as servers start and stop (reloads
+//! boards is shared with the daemon, which the daemon updates as servers start and stop (reloads
 //! included).
 //!
 //! The families (each labelled `server`; counters end in `_total`): packets, batches and
