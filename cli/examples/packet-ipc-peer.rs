@@ -63,7 +63,7 @@ enum Cmd {
         #[arg(long, default_value_t = 30_000)]
         reconnect_wait_ms: u64,
         /// Make every packet say who sent it: this tag, its batch and its index in the
-        /// first 12 bytes, and bytes that follow from them (see `tagged`).
+        /// first 12 bytes, and bytes that follow from them (`testing::tagged_packet`).
         #[arg(long)]
         tag: Option<u32>,
     },
@@ -299,21 +299,6 @@ fn options(reconnect_wait_ms: u64) -> ConnectOptions {
     }
 }
 
-/// Packet `i` of batch `batch` from the producer tagged `tag`: 12 to `size` bytes (a
-/// length that varies with `i`), starting with the tag, the batch and `i` (little-endian
-/// u32s), then bytes that follow from all three. A test can check each packet it receives
-/// against this, byte for byte, and tell whose it is.
-fn tagged(tag: u32, batch: u32, i: u32, size: usize) -> Vec<u8> {
-    let len = size.saturating_sub(i as usize % 7).max(12);
-    let mut data: Vec<u8> = (0..len)
-        .map(|k| (tag.wrapping_mul(31) ^ batch.wrapping_mul(7) ^ i ^ k as u32) as u8)
-        .collect();
-    data[..4].copy_from_slice(&tag.to_le_bytes());
-    data[4..8].copy_from_slice(&batch.to_le_bytes());
-    data[8..12].copy_from_slice(&i.to_le_bytes());
-    data
-}
-
 fn produce(
     server: &str,
     gen: Gen,
@@ -324,10 +309,11 @@ fn produce(
     let mut producer = Producer::connect_with(server, options(reconnect_wait_ms))?;
     eprintln!("connected to {server}");
     if let Some(tag) = tag {
+        use packet_ipc::broker::testing::tagged_packet;
         let now = SystemTime::now();
         for b in 0..gen.batches as u32 {
             let packets: Vec<Packet> = (0..gen.packets as u32)
-                .map(|i| Packet::new(now, tagged(tag, b, i, gen.size)))
+                .map(|i| Packet::new(now, tagged_packet(tag, b, i, gen.size)))
                 .collect();
             producer.send(&packets)?;
         }

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use packet_ipc::broker::testing::{attack::FORGED_SERVER, HostileProducer};
+use packet_ipc::broker::testing::{
+    attack::FORGED_SERVER, tagged_packet as tagged, HostileProducer,
+};
 use packet_ipc::{AsIpcPacket, Packet};
 
 use crate::util::{
@@ -61,19 +63,6 @@ impl Plan {
     }
 }
 
-/// Packet `i` of batch `batch` of producer `tag`, as `packet-ipc-peer produce --tag` makes
-/// it (the two must agree).
-fn tagged(tag: u32, batch: u32, i: u32, size: usize) -> Vec<u8> {
-    let len = size.saturating_sub(i as usize % 7).max(12);
-    let mut data: Vec<u8> = (0..len)
-        .map(|k| (tag.wrapping_mul(31) ^ batch.wrapping_mul(7) ^ i ^ k as u32) as u8)
-        .collect();
-    data[..4].copy_from_slice(&tag.to_le_bytes());
-    data[4..8].copy_from_slice(&batch.to_le_bytes());
-    data[8..12].copy_from_slice(&i.to_le_bytes());
-    data
-}
-
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
 }
@@ -118,6 +107,26 @@ fn assert_each_producers_own(who: &str, got: &[Packet], plans: &HashMap<u32, Pla
             plan.tag
         );
     }
+}
+
+/// `packet-ipc-peer subscribe SERVER --count COUNT` as `user` (else as this process's
+/// user), once it has subscribed.
+fn subscribed(daemon: &Daemon, server: &str, user: Option<&str>, count: u64) -> Child {
+    let count = count.to_string();
+    let args = [
+        "subscribe",
+        server,
+        "--count",
+        &count,
+        "--reconnect-wait-ms",
+        "0",
+    ];
+    let mut sub = match user {
+        Some(user) => peer_as(daemon, user, &args),
+        None => daemon.peer(&args),
+    };
+    wait_stderr_line(&mut sub, "subscribed to");
+    sub
 }
 
 /// Waits until `check` holds for the stats of server `server`.
@@ -288,28 +297,8 @@ fn a_flood_of_requests_from_another_user_stalls_nobody() {
     let attacker = flood();
 
     // Meanwhile the daemon's user and another user both subscribe and publish.
-    let mut mine = daemon.peer(&[
-        "subscribe",
-        "open",
-        "--count",
-        "512",
-        "--reconnect-wait-ms",
-        "0",
-    ]);
-    wait_stderr_line(&mut mine, "subscribed to");
-    let mut theirs = peer_as(
-        &daemon,
-        ALLOWED,
-        &[
-            "subscribe",
-            "open",
-            "--count",
-            "512",
-            "--reconnect-wait-ms",
-            "0",
-        ],
-    );
-    wait_stderr_line(&mut theirs, "subscribed to");
+    let mine = subscribed(&daemon, "open", None, 512);
+    let theirs = subscribed(&daemon, "open", Some(ALLOWED), 512);
     let producer = peer_as(
         &daemon,
         ALLOWED,
@@ -365,15 +354,7 @@ fn swapping_requests_for_fifos_and_links_blocks_nothing() {
     let mut attacker = peer_as(&daemon, DENIED, &["attack", "swap", "open", "--ms", "6000"]);
     wait_stderr_line(&mut attacker, "swapping");
     for round in 0..5 {
-        let mut sub = daemon.peer(&[
-            "subscribe",
-            "open",
-            "--count",
-            "256",
-            "--reconnect-wait-ms",
-            "0",
-        ]);
-        wait_stderr_line(&mut sub, "subscribed to");
+        let sub = subscribed(&daemon, "open", None, 256);
         let producer = daemon.peer(&["produce", "open", "--batches", "1"]);
         assert!(wait_output(producer, DEADLINE).status.success(), "{round}");
         assert_eq!(summary(&wait_output(sub, DEADLINE))["packets"], 256);
@@ -406,15 +387,7 @@ fn another_user_cannot_answer_for_the_daemon() {
     );
     wait_stderr_line(&mut attacker, "impersonating");
     for run in 0..10 {
-        let mut sub = daemon.peer(&[
-            "subscribe",
-            "open",
-            "--count",
-            "64",
-            "--reconnect-wait-ms",
-            "0",
-        ]);
-        wait_stderr_line(&mut sub, "subscribed to");
+        let sub = subscribed(&daemon, "open", None, 64);
         let producer = daemon.peer(&["produce", "open", "--batches", "1", "--packets", "64"]);
         assert!(
             wait_output(producer, DEADLINE).status.success(),
@@ -707,21 +680,8 @@ fn stats_show_pids_only_to_members() {
         "[servers.secure]\nproducer-group = \"{g}\"\nsubscriber-group = \"{g}\"\n[servers.open]\n",
         g = crate::util::GROUP
     )));
-    let mut member = peer_as(
-        &daemon,
-        ALLOWED,
-        &[
-            "subscribe",
-            "secure",
-            "--count",
-            "1",
-            "--reconnect-wait-ms",
-            "0",
-        ],
-    );
-    wait_stderr_line(&mut member, "subscribed to");
-    let mut plain = daemon.peer(&["subscribe", "open", "--count", "1"]);
-    wait_stderr_line(&mut plain, "subscribed to");
+    let mut member = subscribed(&daemon, "secure", Some(ALLOWED), 1);
+    let mut plain = subscribed(&daemon, "open", None, 1);
     let stats_as = |user: &str| -> serde_json::Value {
         let out = as_user(user, env!("CARGO_BIN_EXE_packet-ipc"))
             .args(["stats", "--json"])

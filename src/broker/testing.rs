@@ -427,6 +427,22 @@ impl Drop for InProcessDaemon {
     }
 }
 
+/// Packet `i` of batch `batch` from the test producer tagged `tag`: 12 to `size` bytes (a
+/// length that varies with `i`), starting with the tag, the batch and `i` (little-endian
+/// u32s), then bytes that follow from all three. `packet-ipc-peer produce --tag` sends
+/// these, and a test checks each packet it receives against this, byte for byte, and
+/// tells whose it is.
+pub fn tagged_packet(tag: u32, batch: u32, i: u32, size: usize) -> Vec<u8> {
+    let len = size.saturating_sub(i as usize % 7).max(12);
+    let mut data: Vec<u8> = (0..len)
+        .map(|k| (tag.wrapping_mul(31) ^ batch.wrapping_mul(7) ^ i ^ k as u32) as u8)
+        .collect();
+    data[..4].copy_from_slice(&tag.to_le_bytes());
+    data[4..8].copy_from_slice(&batch.to_le_bytes());
+    data[8..12].copy_from_slice(&i.to_le_bytes());
+    data
+}
+
 /// What another local user can do to the bootstrap: flood the spool with requests,
 /// swap request files under the daemon, answer other users' clients first. The tests run
 /// these as another user (`packet-ipc-peer attack ...` under `setpriv`).
