@@ -124,23 +124,13 @@ impl HostileProducer {
 
     /// Sends a wake-up frame whether the daemon sleeps or not.
     fn wake(&mut self) -> Result<()> {
-        let mut frame = Vec::new();
-        crate::transport::wire::wake(&mut frame);
-        self.raw_frame(&frame, false)
+        self.raw_frame(&wake_frame(), false)
     }
 
     /// Sends `bytes` on its socket as they are, with a descriptor attached if `fd`.
     pub fn raw_frame(&mut self, bytes: &[u8], fd: bool) -> Result<()> {
-        let link = self.link()?;
-        let (_, _, _, conn) = link.raw();
-        let file = tempfile_fd()?;
-        let fds = if fd { vec![file.as_fd()] } else { Vec::new() };
-        conn.send(bytes, &fds).map_err(|e| {
-            Error::Transport(crate::TransportError::Io {
-                what: "raw frame",
-                source: e,
-            })
-        })
+        let (_, _, _, conn) = self.link()?.raw();
+        send_raw(conn, bytes, fd)
     }
 
     /// Leaves without a word: shuts its socket down, but keeps its pool mapped and
@@ -181,6 +171,26 @@ impl HostileProducer {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// A wake-up frame.
+fn wake_frame() -> Vec<u8> {
+    let mut frame = Vec::new();
+    crate::transport::wire::wake(&mut frame);
+    frame
+}
+
+/// Sends `bytes` on `conn` as they are, with a descriptor (of a temporary file) attached
+/// if `fd`.
+fn send_raw(conn: &crate::transport::sock::Conn, bytes: &[u8], fd: bool) -> Result<()> {
+    let file = tempfile_fd()?;
+    let fds = if fd { vec![file.as_fd()] } else { Vec::new() };
+    conn.send(bytes, &fds).map_err(|e| {
+        Error::Transport(crate::TransportError::Io {
+            what: "raw frame",
+            source: e,
+        })
+    })
 }
 
 /// A client that connects and then never says it is ready (nor anything else).
@@ -252,49 +262,30 @@ impl HostileSubscriber {
         }
     }
 
+    fn link(&mut self) -> Result<&mut crate::transport::slink::SubscriberLink> {
+        self.subscriber
+            .link_mut()
+            .ok_or_else(|| Error::Spool("not connected".into()))
+    }
+
     /// Writes pseudo-random bytes over its whole region: heads, tails, flags, rings.
     pub fn scribble(&mut self, seed: u64) -> Result<()> {
-        let link = self
-            .subscriber
-            .link_mut()
-            .ok_or_else(|| Error::Spool("not connected".into()))?;
-        let (region, conn) = link.raw();
+        let (region, conn) = self.link()?.raw();
         scribble(region.mapping(), seed);
-        let mut frame = Vec::new();
-        crate::transport::wire::wake(&mut frame);
-        let _ = conn.send(&frame, &[]);
-        Ok(())
+        send_raw(conn, &wake_frame(), false)
     }
 
     /// Moves its ring's tail to `tail` (batches it says it released).
     pub fn set_tail(&mut self, tail: u64) -> Result<()> {
-        let link = self
-            .subscriber
-            .link_mut()
-            .ok_or_else(|| Error::Spool("not connected".into()))?;
-        let (region, conn) = link.raw();
+        let (region, conn) = self.link()?.raw();
         region.desc_tail().store(tail, Ordering::Release);
-        let mut frame = Vec::new();
-        crate::transport::wire::wake(&mut frame);
-        let _ = conn.send(&frame, &[]);
-        Ok(())
+        send_raw(conn, &wake_frame(), false)
     }
 
     /// Sends `bytes` on its socket as they are, with a descriptor attached if `fd`.
     pub fn raw_frame(&mut self, bytes: &[u8], fd: bool) -> Result<()> {
-        let link = self
-            .subscriber
-            .link_mut()
-            .ok_or_else(|| Error::Spool("not connected".into()))?;
-        let (_, conn) = link.raw();
-        let file = tempfile_fd()?;
-        let fds = if fd { vec![file.as_fd()] } else { Vec::new() };
-        conn.send(bytes, &fds).map_err(|e| {
-            Error::Transport(crate::TransportError::Io {
-                what: "raw frame",
-                source: e,
-            })
-        })
+        let (_, conn) = self.link()?.raw();
+        send_raw(conn, bytes, fd)
     }
 
     /// Waits up to `timeout` for the daemon's word: the reason it cut this subscriber
