@@ -10,8 +10,7 @@ use crate::util::{
 
 #[test]
 fn only_the_configured_group_may_produce_and_subscribe() {
-    if !users() {
-        eprintln!("skipped: creating users and running clients as them needs root");
+    if !users("group access as real users") {
         return;
     }
     let daemon = Daemon::start(Some(&format!(

@@ -269,8 +269,7 @@ fn hundreds_of_producers_in_turn_and_side_by_side_each_deliver_their_own_bytes()
 /// is released once it gives up, and SIGTERM works in the middle of a flood.
 #[test]
 fn a_flood_of_requests_from_another_user_stalls_nobody() {
-    if !users() {
-        eprintln!("skipped: creating users and running clients as them needs root");
+    if !users("a flood from another user") {
         return;
     }
     let daemon = Daemon::start(Some("[servers.open]\n"));
@@ -345,8 +344,7 @@ fn a_flood_of_requests_from_another_user_stalls_nobody() {
 /// daemon: everyone else gets in and gets answers all along.
 #[test]
 fn swapping_requests_for_fifos_and_links_blocks_nothing() {
-    if !users() {
-        eprintln!("skipped: creating users and running clients as them needs root");
+    if !users("request swaps by another user") {
         return;
     }
     let daemon = Daemon::start(Some("[servers.open]\n"));
@@ -375,8 +373,7 @@ fn swapping_requests_for_fifos_and_links_blocks_nothing() {
 /// daemon's real answers.
 #[test]
 fn another_user_cannot_answer_for_the_daemon() {
-    if !users() {
-        eprintln!("skipped: creating users and running clients as them needs root");
+    if !users("an impostor answering for the daemon") {
         return;
     }
     let daemon = Daemon::start(Some("[servers.open]\n"));
@@ -438,8 +435,7 @@ impl Drop for Cleanup {
 /// in it) gets nothing: the victim's clients and daemon refuse it, naming its owner.
 #[test]
 fn a_runtime_directory_planted_by_another_user_is_refused() {
-    if !users() {
-        eprintln!("skipped: creating users and running clients as them needs root");
+    if !users("a runtime directory planted by another user") {
         return;
     }
     if Path::new(packet_ipc::rendezvous::SYSTEM_RUNTIME_DIR)
@@ -518,8 +514,7 @@ fn a_runtime_directory_planted_by_another_user_is_refused() {
 /// it: a root-only file keeps its bytes, a root-only directory its mode.
 #[test]
 fn a_root_daemon_follows_no_link_another_user_planted() {
-    if !users() {
-        eprintln!("skipped: creating users and running clients as them needs root");
+    if !users("links planted by another user") {
         return;
     }
     let private = tempfile::tempdir().unwrap(); // root's, 0700
@@ -631,8 +626,8 @@ fn unbounded_inputs_get_a_prompt_clear_error() {
 /// server's thread) leaves no spool directory and no rendezvous file behind.
 #[test]
 fn a_failed_start_leaves_nothing_behind() {
-    if !users() {
-        eprintln!("skipped: limiting another user's threads needs root");
+    let what = "a failed start as another user";
+    if !users(what) || !crate::util::have_tool(what, "prlimit", "util-linux") {
         return;
     }
     let runtime = std::path::PathBuf::from(format!("/tmp/pipc-failed-{}", std::process::id()));
@@ -672,8 +667,7 @@ fn a_failed_start_leaves_nothing_behind() {
 /// root); the counters are for everyone.
 #[test]
 fn stats_show_pids_only_to_members() {
-    if !users() {
-        eprintln!("skipped: creating users and running clients as them needs root");
+    if !users("pids in stats for members only") {
         return;
     }
     let daemon = Daemon::start(Some(&format!(

@@ -158,10 +158,10 @@ pub const ALLOWED: &str = "pipc-alice";
 pub const DENIED: &str = "pipc-bob";
 
 /// Creates [`GROUP`], [`ALLOWED`] and [`DENIED`] (once; they may exist from an earlier
-/// run). False when this process may not (not root, or no useradd): the caller skips.
-pub fn users() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+/// run), for test `what`. False when this process may not (not root: `skipped: ...`), or
+/// cannot ([`available`]: no useradd, no setpriv): the caller returns.
+pub fn users(what: &str) -> bool {
+    if !is_root(what) {
         return false;
     }
     let run = |cmd: &mut Command| cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
@@ -177,7 +177,14 @@ pub fn users() -> bool {
         }
         ok(run(cmd.arg(name)))
     };
-    ok(run(Command::new("groupadd").arg(GROUP))) && user(ALLOWED, &[GROUP]) && user(DENIED, &[])
+    let made = ok(run(Command::new("groupadd").arg(GROUP)))
+        && user(ALLOWED, &[GROUP])
+        && user(DENIED, &[]);
+    available(
+        what,
+        "groupadd and useradd (apt-get install passwd)",
+        (!made).then(|| "cannot create the test users".to_owned()),
+    ) && tool_available(what, "setpriv", &["--version"], "util-linux")
 }
 
 /// The uid of `user`.
