@@ -118,10 +118,22 @@ impl From<packet_ipc::Error> for Failure {
             | E::Spool(_) => exit::UNAVAILABLE,
             E::PermissionDenied { .. } => exit::NOPERM,
             E::BatchTooLarge { .. } => exit::DATAERR,
+            E::Filter(f) => return filter_failure(f),
             _ => exit::SOFTWARE,
         };
         Failure::new(code, e.to_string())
     }
+}
+
+/// The failure of a filter expression: a usage error (exit 64), unless libpcap is missing.
+fn filter_failure(e: &packet_ipc::libpcap::FilterError) -> Failure {
+    use packet_ipc::libpcap::FilterError;
+    let code = match e {
+        FilterError::Invalid { .. } => exit::USAGE,
+        FilterError::Libpcap(_) => exit::UNAVAILABLE,
+        _ => exit::SOFTWARE,
+    };
+    Failure::new(code, e.to_string())
 }
 
 /// The result of a subcommand.

@@ -463,6 +463,8 @@ pub struct PcapOut {
     writer: PcapWriter<Pending>,
     pending: Pending,
     out: Box<dyn Write>,
+    /// Bytes written out by the commits that succeeded: the header and whole records.
+    committed: u64,
 }
 
 impl PcapOut {
@@ -481,6 +483,7 @@ impl PcapOut {
             writer,
             pending,
             out,
+            committed: 0,
         };
         out.commit()?;
         Ok(out)
@@ -500,14 +503,24 @@ impl PcapOut {
         Ok(())
     }
 
-    /// Writes the records pushed so far and flushes.
+    /// Writes the records pushed so far and flushes. After a failure part of them may
+    /// have been written: [`PcapOut::committed`] says where the last complete one ends.
     pub fn commit(&mut self) -> io::Result<()> {
         let mut pending = self.pending.0.borrow_mut();
         if !pending.is_empty() {
-            self.out.write_all(&pending)?;
+            let len = pending.len() as u64;
+            let written = self.out.write_all(&pending);
             pending.clear();
+            written?;
+            self.committed += len;
         }
         self.out.flush()
+    }
+
+    /// The bytes written out by the commits that succeeded (header included): where the
+    /// last complete record ends.
+    pub fn committed(&self) -> u64 {
+        self.committed
     }
 }
 

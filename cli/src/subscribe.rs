@@ -1,20 +1,30 @@
 //! `packet-ipc subscribe SERVER [--write FILE.pcap] [--count N] [--timeout SECS]
-//! [--reconnect-wait SECS] [--json]`: receives the packets of a server.
+//! [--reconnect-wait SECS] [--filter EXPR] [--group NAME] [--wait adaptive|spin|park]
+//! [--json]`: receives the packets of a server.
 //!
 //! Receiving ends normally (exit 0, with the summary) after exactly `--count` packets, at
 //! the end of the stream, at `--timeout`, or on SIGINT/SIGTERM. The pcap file is written
 //! batch by batch, each batch as whole records followed by a flush, so it is complete and
-//! valid whatever ends the command.
+//! valid whatever ends the command; when a write fails (a full disk), the file is cut back
+//! to its last complete record before the error is reported.
+//!
+//! `--filter` keeps the packets that match a tcpdump expression (matched in this process
+//! with libpcap, for the server's link type; an invalid one is a usage error, exit 64);
+//! `--group` joins a flow-balanced group, whose members share the server's packets;
+//! `--count` counts the packets kept, of this member. The summary says how many the
+//! filter left out, and when the daemon went away meanwhile (packets may be missing).
 
+use std::fs::File;
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use packet_ipc::connect::DEFAULT_RECONNECT_WAIT;
-use packet_ipc::{AsIpcPacket, ConnectOptions, Received, Subscriber};
+use packet_ipc::{AsIpcPacket, ConnectOptions, Received, Subscriber, WaitMode};
 
 use crate::pcap::PcapOut;
 use crate::{exit, human, parse_seconds, stop_flag, Failure, Outcome};
@@ -39,9 +49,33 @@ pub struct SubscribeArgs {
     /// How long to wait for a daemon to come back when it stops [default: 30; 0: not at all].
     #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
     reconnect_wait: Option<Duration>,
+    /// Keep only the packets that match this tcpdump filter expression (pcap-filter(7)).
+    #[arg(long, value_name = "EXPR")]
+    filter: Option<String>,
+    /// Join this subscriber group: its members share the server's packets, by flow.
+    #[arg(long, value_name = "NAME", value_parser = group_name)]
+    group: Option<String>,
+    /// How to wait for batches: adaptive, spin or park [default: the server's `wait`].
+    #[arg(long, value_name = "MODE")]
+    wait: Option<WaitMode>,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// A group name as the daemon takes it: 1 to 64 letters, digits, `-`, `_` or `.`.
+fn group_name(text: &str) -> Result<String, String> {
+    let valid = (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a group name (1 to 64 letters, digits, '-', '_' or '.')"
+        ))
+    }
 }
 
 /// Why receiving ended.
@@ -86,6 +120,10 @@ pub fn run(args: SubscribeArgs) -> Outcome {
     let stop = stop_flag()?;
     let options = ConnectOptions {
         reconnect_wait: args.reconnect_wait.unwrap_or(DEFAULT_RECONNECT_WAIT),
+        filter: args.filter.clone(),
+        group: args.group.clone(),
+        wait: args.wait,
+        interrupt: Some(Arc::clone(&stop)),
         ..ConnectOptions::default()
     };
     let mut subscriber = Subscriber::connect_with(&args.server, options.clone())?;
@@ -93,27 +131,7 @@ pub fn run(args: SubscribeArgs) -> Outcome {
     let to_stdout = args.write.as_ref().is_some_and(|p| p.as_os_str() == "-");
     let mut out = match &args.write {
         None => None,
-        Some(path) => {
-            let (name, sink): (String, Box<dyn std::io::Write>) = if to_stdout {
-                // Unbuffered: every commit is written through at once.
-                let fd = std::io::stdout()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map_err(|e| Failure::new(exit::IOERR, format!("cannot use stdout: {e}")))?;
-                ("stdout".to_owned(), Box::new(std::fs::File::from(fd)))
-            } else {
-                let file = std::fs::File::create(path).map_err(|e| {
-                    Failure::new(
-                        exit::CANTCREAT,
-                        format!("cannot create {}: {e}", path.display()),
-                    )
-                })?;
-                (path.display().to_string(), Box::new(file))
-            };
-            let pcap = PcapOut::new(sink, info.linktype, info.snaplen)
-                .map_err(|e| write_failure(&name, &e))?;
-            Some((name, pcap))
-        }
+        Some(path) => Some(Output::open(path, to_stdout, &info)?),
     };
     eprintln!("subscribed to {}", args.server);
 
@@ -136,7 +154,13 @@ pub fn run(args: SubscribeArgs) -> Outcome {
             }
             wait = wait.min(left);
         }
-        match subscriber.recv_timeout(wait)? {
+        let received = match subscriber.recv_timeout(wait) {
+            Ok(received) => received,
+            // A signal came while the subscriber waited for a daemon to come back.
+            Err(packet_ipc::Error::Interrupted) => break End::Signal,
+            Err(e) => return Err(e.into()),
+        };
+        match received {
             Received::Batch(batch) => {
                 totals.batches += 1;
                 totals.lost_batches += batch.lost();
@@ -148,21 +172,22 @@ pub fn run(args: SubscribeArgs) -> Outcome {
                 for packet in batch.iter().take(take) {
                     let data = packet.data();
                     totals.bytes += data.len() as u64;
-                    if let Some((name, pcap)) = &mut out {
+                    if let Some(out) = &mut out {
                         let orig = u32::try_from(packet.orig_len()).unwrap_or(u32::MAX);
-                        pcap.push(packet.timestamp_nanos(), data, orig)
-                            .map_err(|e| write_failure(name, &e))?;
+                        out.pcap
+                            .push(packet.timestamp_nanos(), data, orig)
+                            .map_err(|e| out.failure(&e))?;
                     }
                 }
                 totals.packets += take as u64;
                 drop(batch);
-                if let Some((name, pcap)) = &mut out {
-                    match pcap.commit() {
+                if let Some(out) = &mut out {
+                    match out.commit(take as u64) {
                         Ok(()) => {}
                         Err(e) if to_stdout && e.kind() == std::io::ErrorKind::BrokenPipe => {
                             break End::OutputClosed;
                         }
-                        Err(e) => return Err(write_failure(name, &e)),
+                        Err(e) => return Err(out.failure(&e)),
                     }
                 }
             }
@@ -188,6 +213,8 @@ pub fn run(args: SubscribeArgs) -> Outcome {
     } else {
         0
     };
+    let filtered_out = subscriber.filtered_out();
+    let reconnects = subscriber.reconnects();
     drop(subscriber);
     drop(out);
 
@@ -200,6 +227,8 @@ pub fn run(args: SubscribeArgs) -> Outcome {
             "lost_packets": lost_packets,
             "batches": totals.batches,
             "reconnections": totals.reconnections,
+            "reconnects": reconnects,
+            "filtered_out": filtered_out,
             "seconds": elapsed.as_secs_f64(),
             "packets_per_second": human::per_second(totals.packets, elapsed),
             "bits_per_second": human::per_second(totals.bytes, elapsed) * 8.0,
@@ -215,8 +244,13 @@ pub fn run(args: SubscribeArgs) -> Outcome {
         } else {
             "0 lost batches".to_owned()
         };
-        format!(
-            "received {} packets, {} bytes ({}), {lost} from {} in {}: {} (end: {})",
+        let filtered = if args.filter.is_some() {
+            format!(", {filtered_out} filtered out")
+        } else {
+            String::new()
+        };
+        let mut text = format!(
+            "received {} packets, {} bytes ({}), {lost}{filtered} from {} in {}: {} (end: {})",
             totals.packets,
             totals.bytes,
             human::bytes(totals.bytes),
@@ -224,7 +258,13 @@ pub fn run(args: SubscribeArgs) -> Outcome {
             human::duration(elapsed),
             human::rate(totals.packets, totals.bytes, elapsed),
             end.word()
-        )
+        );
+        if reconnects > 0 {
+            text.push_str(&format!(
+                "\nreconnected {reconnects} times: packets may be missing"
+            ));
+        }
+        text
     };
     if to_stdout {
         eprintln!("{summary}");
@@ -248,6 +288,85 @@ fn lost_packets(options: &ConnectOptions, server: &str, id: Option<u64>) -> u64 
         .map_or(0, |s| s.lost_packets)
 }
 
-fn write_failure(name: &str, e: &std::io::Error) -> Failure {
-    Failure::new(exit::IOERR, format!("cannot write {name}: {e}"))
+/// The pcap being written, and how to cut it back to its last complete record.
+struct Output {
+    /// How messages name it: the path, or "stdout".
+    name: String,
+    pcap: PcapOut,
+    /// The file (`None` for stdout), to cut back after a failed write.
+    file: Option<File>,
+    /// Packets in the file's complete records.
+    packets: u64,
+}
+
+impl Output {
+    /// Creates the file (or takes stdout) and writes the pcap header.
+    fn open(
+        path: &std::path::Path,
+        to_stdout: bool,
+        info: &packet_ipc::ServerInfo,
+    ) -> Outcome<Output> {
+        let (name, sink, file): (String, Box<dyn std::io::Write>, Option<File>) = if to_stdout {
+            // Unbuffered: every commit is written through at once.
+            let fd = std::io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| Failure::new(exit::IOERR, format!("cannot use stdout: {e}")))?;
+            ("stdout".to_owned(), Box::new(File::from(fd)), None)
+        } else {
+            let name = path.display().to_string();
+            let file = File::create(path)
+                .map_err(|e| Failure::new(exit::CANTCREAT, format!("cannot create {name}: {e}")))?;
+            let keep = file
+                .try_clone()
+                .map_err(|e| Failure::new(exit::IOERR, format!("cannot use {name}: {e}")))?;
+            (name, Box::new(file), Some(keep))
+        };
+        match PcapOut::new(sink, info.linktype, info.snaplen) {
+            Ok(pcap) => Ok(Output {
+                name,
+                pcap,
+                file,
+                packets: 0,
+            }),
+            Err(e) => {
+                // Not even the header: leave an empty file rather than a part of one.
+                if let Some(file) = &file {
+                    let _ = file.set_len(0);
+                }
+                Err(Failure::new(
+                    exit::IOERR,
+                    format!("cannot write {name}: {e}"),
+                ))
+            }
+        }
+    }
+
+    /// Writes out the records pushed since the last commit (`packets` of them).
+    fn commit(&mut self, packets: u64) -> std::io::Result<()> {
+        self.pcap.commit()?;
+        self.packets += packets;
+        Ok(())
+    }
+
+    /// A write failed: cuts the file back to the end of its last complete record and
+    /// says so.
+    fn failure(&self, e: &std::io::Error) -> Failure {
+        let Some(file) = &self.file else {
+            return Failure::new(exit::IOERR, format!("cannot write {}: {e}", self.name));
+        };
+        let kept = self.pcap.committed();
+        let message = match file.set_len(kept) {
+            Ok(()) => format!(
+                "cannot write {}: {e} (it keeps the {} packets before, {kept} bytes)",
+                self.name, self.packets
+            ),
+            Err(cut) => format!(
+                "cannot write {}: {e}; it may end in a partial record (cutting it to {kept} \
+                 bytes failed: {cut})",
+                self.name
+            ),
+        };
+        Failure::new(exit::IOERR, message)
+    }
 }
