@@ -241,6 +241,13 @@ impl Hub {
 
     /// Gives a departed member's queued batch to the group's remaining members.
     pub(super) fn redistribute(&mut self, name: &str, item: Queued, indices: &[u32]) {
+        // The losses it carries were the departed member's (counted for it already): the
+        // members it goes to lost nothing.
+        let item = Queued {
+            lost_batches: 0,
+            lost_packets: 0,
+            ..item
+        };
         let balance = self.config.group_balance;
         let taken = if !item.selected || balance == GroupBalance::Batch {
             let member = match self.groups.get_mut(name) {
