@@ -9,6 +9,7 @@ mod bridge;
 mod broker;
 mod cli;
 mod extcap;
+mod groups;
 mod hostile;
 mod metrics;
 mod p2p;
