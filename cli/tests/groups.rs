@@ -799,8 +799,11 @@ fn address_fields(frame: &[u8]) -> Option<([(usize, usize); 2], bool)> {
     }
 }
 
+/// An address pair, either way round, and whether it is ARP's.
+type Pair = (bool, Vec<u8>, Vec<u8>);
+
 /// A frame's address pair, either way round (ARP apart: it hashes by its own rule).
-fn address_pair(frame: &[u8]) -> (bool, Vec<u8>, Vec<u8>) {
+fn address_pair(frame: &[u8]) -> Pair {
     let ([(a, n), (b, _)], arp) = address_fields(frame).expect("IP or ARP");
     let (x, y) = (frame[a..a + n].to_vec(), frame[b..b + n].to_vec());
     (arp, x.clone().min(y.clone()), x.max(y))
@@ -844,8 +847,7 @@ fn ip_pair_balancing_keeps_each_address_pair_on_one_member() {
     let owner = owners(&synth, &views);
     assert_all_once(&owner, "ip-pair");
 
-    let mut pairs: BTreeMap<(bool, Vec<u8>, Vec<u8>), (BTreeSet<usize>, BTreeSet<u64>)> =
-        BTreeMap::new();
+    let mut pairs: BTreeMap<Pair, (BTreeSet<usize>, BTreeSet<u64>)> = BTreeMap::new();
     for (i, p) in synth.packets.iter().enumerate() {
         let entry = pairs.entry(address_pair(p.data())).or_default();
         entry.0.insert(owner[i].unwrap());
@@ -909,4 +911,83 @@ fn members_that_joined_under_batch_balancing_take_flows_after_a_reload() {
     let owner = owners(&synth, &views);
     assert_all_once(&owner, "after the reload");
     assert_flows_whole_and_spread(&synth, &owner, 2, "after the reload");
+}
+
+/// A frame's transport flow, either way round: its address pair, port pair and protocol
+/// (IPv4 or IPv6, TCP or UDP, no tags, as `traffic::flow_shaped` makes them).
+fn five_tuple(frame: &[u8]) -> (Vec<u8>, u8) {
+    let ([(a, n), (b, _)], _) = address_fields(frame).expect("IP");
+    let (protocol, l4) = if n == 4 {
+        (frame[14 + 9], 14 + usize::from(frame[14] & 0x0f) * 4)
+    } else {
+        (frame[14 + 6], 14 + 40)
+    };
+    let mut ends = [
+        [&frame[a..a + n], &frame[l4..l4 + 2]].concat(),
+        [&frame[b..b + n], &frame[l4 + 2..l4 + 4]].concat(),
+    ];
+    ends.sort();
+    (ends.concat(), protocol)
+}
+
+#[test]
+fn a_long_stream_goes_round_the_selection_rings() {
+    // More packets per member than the part of its selection ring it keeps to, so that
+    // the hub goes back to the ring's start many times.
+    let daemon = Daemon::start(Some(&config("flow")));
+    let dir = tempfile::tempdir().unwrap();
+    let packets = traffic::flow_shaped(3, 64, 150_000);
+    let input = dir.path().join("shaped.pcap");
+    traffic::write_pcap(&input, &packets).unwrap();
+    let total = packets.len() as u64;
+    let members: Vec<Member> = (0..2)
+        .map(|i| Member::start(&daemon, dir.path(), &format!("m{i}"), Some("g")))
+        .collect();
+    publish(&daemon, "s", &input, &["--batch", "256"], total);
+    let records = finish_group(&daemon, "g", members, total);
+
+    let index: HashMap<u64, usize> = packets
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.timestamp_nanos(), i))
+        .collect();
+    let mut owner = vec![None; packets.len()];
+    let mut flows: HashMap<(Vec<u8>, u8), BTreeSet<usize>> = HashMap::new();
+    for (m, r) in records.iter().enumerate() {
+        assert!(r.len() > 40_000, "member {m} got {} packets", r.len());
+        assert_in_order(r, &index, &format!("member {m}"));
+        for (ts, _, data) in r {
+            let i = index[ts];
+            assert!(data == packets[i].data(), "packet {i} as published");
+            assert!(owner[i].replace(m).is_none(), "packet {i} twice");
+            flows.entry(five_tuple(data)).or_default().insert(m);
+        }
+    }
+    assert_all_once(&owner, "a long stream");
+    assert!(flows.len() > 1000, "{} flows", flows.len());
+    for (flow, members) in &flows {
+        assert_eq!(members.len(), 1, "flow {flow:?} is split");
+    }
+}
+
+#[test]
+fn eight_members_share_the_flows_fairly() {
+    let daemon = Daemon::start(Some(&config("flow")));
+    let dir = tempfile::tempdir().unwrap();
+    let synth = traffic::mixed(71, 2000);
+    let input = capture_file(dir.path(), &synth);
+    let total = synth.packets.len() as u64;
+    let members: Vec<Member> = (0..8)
+        .map(|i| Member::start(&daemon, dir.path(), &format!("m{i}"), Some("g")))
+        .collect();
+    publish(&daemon, "s", &input, &[], total);
+    let records = finish_group(&daemon, "g", members, total);
+    let views: Vec<&[Record]> = records.iter().map(Vec::as_slice).collect();
+    let owner = owners(&synth, &views);
+    assert_all_once(&owner, "eight members");
+    assert_flows_whole_and_spread(&synth, &owner, 8, "eight members");
+    eprintln!(
+        "eight members: packets per member {:?} of {total}",
+        records.iter().map(Vec::len).collect::<Vec<_>>()
+    );
 }
