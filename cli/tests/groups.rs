@@ -141,9 +141,12 @@ impl Member {
         u64::from(self.child.id())
     }
 
-    /// Ends a member that was delivered `packets`: waits until its file holds them all,
-    /// then SIGINT; it must exit 0 with a summary that says as much. Its records.
-    fn finish(self, packets: u64) -> Vec<Record> {
+    /// Ends a member whose counters in the daemon are `counted` (taken when nothing more
+    /// was to come): waits until its file holds every packet it was delivered, then
+    /// SIGINT; it must exit 0 with a summary that says as much, losses included. Its
+    /// records.
+    fn finish(self, counted: &serde_json::Value) -> Vec<Record> {
+        let packets = counted["packets_out"].as_u64().unwrap();
         let file = self.file.clone();
         wait_until(&format!("{packets} packets in {file:?}"), || {
             read_records(&file).len() as u64 >= packets
@@ -154,7 +157,10 @@ impl Member {
         assert!(out.status.success(), "{out:?} {stderr}");
         let summary = json_stdout(&out);
         assert_eq!(summary["packets"], packets, "{summary} {stderr}");
-        assert_eq!(summary["lost_batches"], 0, "{summary}");
+        assert_eq!(
+            summary["lost_batches"], counted["lost_batches"],
+            "{summary} {counted}"
+        );
         assert_eq!(summary["end"], "signal", "{summary}");
         let records = read_records(&file);
         assert_eq!(records.len() as u64, packets, "{file:?}");
@@ -176,18 +182,18 @@ fn finish_group(daemon: &Daemon, name: &str, members: Vec<Member>, total: u64) -
 /// Ends `members` of group `name`, each once it has written what `stats` (taken when
 /// nothing more was to come) says it was delivered. Their records.
 fn finish_members(stats: &serde_json::Value, name: &str, members: Vec<Member>) -> Vec<Vec<Record>> {
-    let delivered: Vec<u64> = members
+    let counted: Vec<serde_json::Value> = members
         .iter()
         .map(|m| {
             let sub = subscriber_of(stats, "pid", m.pid());
             assert_eq!(sub["group"], name, "{stats:#}");
-            sub["packets_out"].as_u64().unwrap()
+            sub.clone()
         })
         .collect();
     members
         .into_iter()
-        .zip(delivered)
-        .map(|(m, n)| m.finish(n))
+        .zip(&counted)
+        .map(|(m, c)| m.finish(c))
         .collect()
 }
 
@@ -488,8 +494,13 @@ fn kill_a_member(overflow: &str, queue_depth: u32, held: fn(&serde_json::Value) 
     if overflow == "block" {
         assert_eq!(out, total, "nothing dropped under block: {stats:#}");
         assert_eq!(lost, dead_lost, "{stats:#}");
+        for sub in stats["subscribers"].as_array().unwrap() {
+            assert_eq!(sub["lost_batches"], 0, "a survivor lost nothing: {stats:#}");
+        }
     } else {
-        // The batches dropped for it while it was stopped are lost too.
+        // The batches dropped for it while it was stopped are lost too (and, on a busy
+        // machine, some for a survivor when the dead member's queue landed on it at once:
+        // each survivor's summary says what the daemon counted for it).
         let dropped = victim["lost_packets"].as_u64().unwrap();
         assert!(lost >= dead_lost + dropped, "{stats:#}");
     }
