@@ -1,10 +1,11 @@
 //! [`Subscriber`]: receives the batches of a named server of the daemon (all of them, or
 //! its share of a group's), read in place in shared memory.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::batch::{BatchView, Header, Records};
+use crate::batch::{BatchView, Header, Records, INDEX_ENTRY_LEN};
 use crate::connect::{self, ConnectOptions, Role, ServerInfo};
 use crate::libpcap::Filter;
 use crate::packet::{AsIpcPacket, PacketRef};
@@ -119,12 +120,23 @@ impl Batch {
         let view = self.view();
         let inner = match &self.selection {
             Selection::All => Inner::All(view.iter()),
-            Selection::Ring { start, count } => Inner::Ring {
-                view,
-                batch: self,
-                pos: *start,
-                left: *count,
-            },
+            Selection::Ring { start, count } => {
+                // The share's selection and the batch's index, each bounds-checked once.
+                let (a, b) = self.delivered.region.sels(*start, *count);
+                let at = view.header().index_off as usize;
+                let index = match at {
+                    0 => &[][..],
+                    _ => view
+                        .as_bytes()
+                        .get(at..at + view.len() * INDEX_ENTRY_LEN)
+                        .unwrap_or_default(),
+                };
+                Inner::Ring {
+                    view,
+                    index,
+                    sels: a.iter().chain(b),
+                }
+            }
             Selection::Offsets(v) => Inner::Offsets {
                 view,
                 offsets: v.iter(),
@@ -192,9 +204,10 @@ enum Inner<'a> {
     All(Records<'a>),
     Ring {
         view: BatchView<'a>,
-        batch: &'a Batch,
-        pos: u64,
-        left: u32,
+        /// The batch's index: (record offset, hash) per packet.
+        index: &'a [u8],
+        /// This member's packet indices.
+        sels: std::iter::Chain<std::slice::Iter<'a, AtomicU32>, std::slice::Iter<'a, AtomicU32>>,
     },
     Offsets {
         view: BatchView<'a>,
@@ -213,22 +226,17 @@ impl<'a> Iterator for BatchIter<'a> {
     fn next(&mut self) -> Option<PacketRef<'a>> {
         match &mut self.inner {
             Inner::All(records) => records.next(),
-            Inner::Ring {
-                view,
-                batch,
-                pos,
-                left,
-            } => {
-                while *left > 0 {
-                    let index = batch.delivered.region.read_sel(*pos);
-                    *pos += 1;
-                    *left -= 1;
+            Inner::Ring { view, index, sels } => {
+                for sel in sels.by_ref() {
+                    let i = sel.load(Ordering::Relaxed) as usize;
                     // An index the producer's memory does not back (it changed the batch)
                     // is skipped, never read.
-                    if let Some(p) = view
-                        .index_entry(index)
-                        .and_then(|(off, _)| view.record_at(off))
-                    {
+                    if i >= index.len() / INDEX_ENTRY_LEN {
+                        continue;
+                    }
+                    let entry = &index[i * INDEX_ENTRY_LEN..i * INDEX_ENTRY_LEN + 4];
+                    let off = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
+                    if let Some(p) = view.record_at(off) {
                         return Some(p);
                     }
                 }

@@ -180,7 +180,8 @@ pub fn run(args: SubscribeArgs) -> Outcome {
                     }
                 }
                 totals.packets += take as u64;
-                drop(batch);
+                // Written out before the batch is released: what the daemon counts as
+                // delivered and released is in the file, whenever this process dies.
                 if let Some(out) = &mut out {
                     match out.commit(take as u64) {
                         Ok(()) => {}
@@ -190,6 +191,7 @@ pub fn run(args: SubscribeArgs) -> Outcome {
                         Err(e) => return Err(out.failure(&e)),
                     }
                 }
+                drop(batch);
             }
             Received::Timeout => {}
             Received::End => break End::Stream,

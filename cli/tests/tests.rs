@@ -10,6 +10,7 @@ mod broker;
 mod capture;
 mod cli;
 mod extcap;
+mod groups;
 mod hostile;
 mod metrics;
 mod p2p;

@@ -405,9 +405,9 @@ impl SubscriberEnd {
         self.head = self.head.wrapping_add(1);
     }
 
-    /// Writes a selected packet index at selection position `pos`.
-    pub(crate) fn write_sel(&self, pos: u64, index: u32) {
-        self.region.write_sel(pos, index);
+    /// Writes selected packet indices at selection positions from `pos`.
+    pub(crate) fn write_sels(&self, pos: u64, indices: &[u32]) {
+        self.region.write_sels(pos, indices);
     }
 
     /// Publishes what was pushed, waking the subscriber if it sleeps.

@@ -173,6 +173,12 @@ impl Words {
         // SAFETY: as in `u32`, 8-aligned.
         unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU64) }
     }
+    /// `n` consecutive words from `off`, checked once.
+    fn u32s(&self, off: usize, n: usize) -> &[AtomicU32] {
+        assert!(n <= self.map.len() / 4 && off <= self.map.len() - n * 4 && off.is_multiple_of(4));
+        // SAFETY: as in `u32`, for each of the `n` words (all within the mapping, checked).
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(off) as *const AtomicU32, n) }
+    }
 }
 
 /// A producer's descriptor: one batch in one slot of its pool.
@@ -491,16 +497,40 @@ impl SubscriberRegion {
             + (pos as usize & (self.layout.sel_cap as usize - 1)) * 4
     }
 
-    /// Writes a selected packet index at selection position `pos` (daemon).
-    pub(crate) fn write_sel(&self, pos: u64, index: u32) {
-        self.words
-            .u32(self.sel_at(pos))
-            .store(index, Ordering::Relaxed);
-    }
-
     /// Reads the packet index at selection position `pos` (subscriber).
     pub(crate) fn read_sel(&self, pos: u64) -> u32 {
         self.words.u32(self.sel_at(pos)).load(Ordering::Relaxed)
+    }
+
+    /// The selection ring's words at positions `pos..pos + n` (at most the ring's size):
+    /// two slices, the second one non-empty when the range wraps round the ring's end.
+    pub(crate) fn sels(&self, pos: u64, n: u32) -> (&[AtomicU32], &[AtomicU32]) {
+        let cap = self.layout.sel_cap as usize;
+        let n = (n as usize).min(cap);
+        if n == 0 {
+            return (&[], &[]);
+        }
+        let base = RINGS + self.layout.desc_cap as usize * SDESC_LEN;
+        let start = pos as usize & (cap - 1);
+        let first = n.min(cap - start);
+        (
+            self.words.u32s(base + start * 4, first),
+            self.words.u32s(base, n - first),
+        )
+    }
+
+    /// Writes `indices` at selection positions from `pos` (daemon): one bounds check per
+    /// run of words rather than one per word.
+    pub(crate) fn write_sels(&self, pos: u64, indices: &[u32]) {
+        let (a, b) = self.sels(pos, indices.len() as u32);
+        assert_eq!(
+            a.len() + b.len(),
+            indices.len(),
+            "selection beyond the ring"
+        );
+        for (w, &i) in a.iter().chain(b).zip(indices) {
+            w.store(i, Ordering::Relaxed);
+        }
     }
 }
 
@@ -555,8 +585,22 @@ mod tests {
         };
         s.write_desc(6, &d);
         assert_eq!(s.read_desc(2), d);
-        s.write_sel(9, 77);
+        s.write_sels(9, &[77]);
         assert_eq!(s.read_sel(1), 77);
+        // A run that wraps round the ring's end.
+        s.write_sels(14, &[1, 2, 3, 4]);
+        assert_eq!(
+            (0..4).map(|k| s.read_sel(22 + k)).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        let (a, b) = s.sels(6, 4);
+        let words: Vec<u32> = a
+            .iter()
+            .chain(b)
+            .map(|w| w.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!((a.len(), b.len(), words), (2, 2, vec![1, 2, 3, 4]));
+        assert_eq!(s.sels(0, 0).0.len(), 0);
     }
 
     #[test]

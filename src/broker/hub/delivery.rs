@@ -9,6 +9,31 @@ use super::ids::ClientId;
 use super::{Cut, Hub, InFlight};
 use crate::transport::region::{SubscriberDesc, DESC_REASSIGNED, DESC_SELECTED};
 
+/// Entries of a selection ring a member's selections keep to when they can: the ring is
+/// sized for the largest batch of the smallest packets (megabytes), and written round and
+/// round whole, it would hold all of that in memory and keep nothing in cache.
+const SEL_WINDOW: u64 = 1 << 15;
+
+/// Where in a selection ring of `cap` entries, written up to `head` and released up to
+/// `tail`, a selection of `n` entries goes: at `head`, or back at the ring's start (the
+/// next multiple of `cap`) once `head` passed [`SEL_WINDOW`] and the start is free; `None`
+/// when neither fits yet. Positions only grow, and `tail` follows the releases, so what
+/// lies between `tail` and the place (skipped positions too) is never overwritten.
+fn sel_place(head: u64, tail: u64, n: u32, cap: u64) -> Option<u64> {
+    let n = u64::from(n);
+    if cap == 0 {
+        return None;
+    }
+    let window = cap.min(SEL_WINDOW);
+    if head % cap + n > window && n <= window {
+        let start = head.next_multiple_of(cap);
+        if start + n - tail <= cap {
+            return Some(start);
+        }
+    }
+    (head + n - tail <= cap).then_some(head)
+}
+
 impl Hub {
     /// Takes back what subscribers released; true when something was.
     pub(super) fn collect(&mut self) -> bool {
@@ -79,10 +104,14 @@ impl Hub {
             let Some(&q) = sub.queue.front() else {
                 break;
             };
-            if q.selected && sub.sel_head - sub.sel_tail + u64::from(q.packets) > sub.end.sel_cap()
-            {
-                break;
-            }
+            let sel_start = if q.selected {
+                match sel_place(sub.sel_head, sub.sel_tail, q.packets, sub.end.sel_cap()) {
+                    Some(at) => at,
+                    None => break,
+                }
+            } else {
+                sub.sel_head
+            };
             if !sub.announced.contains(&q.pool) {
                 let Some(mem) = pools.memory(q.pool) else {
                     return Err(format!("queued a batch of unknown pool {}", q.pool.0));
@@ -91,14 +120,22 @@ impl Hub {
                 sub.announced.insert(q.pool);
             }
             let mut flags = 0;
-            let sel_start = sub.sel_head;
             if q.selected {
+                sub.sel_head = sel_start;
                 flags |= DESC_SELECTED;
-                for _ in 0..q.packets {
-                    let index = sub.sel_pending.pop_front().unwrap_or(u32::MAX);
-                    sub.end.write_sel(sub.sel_head, index);
-                    sub.sel_head += 1;
-                }
+                // The share's indices, at the front of the pending ones, in one or two runs.
+                let n = q.packets as usize;
+                let (a, b) = sub.sel_pending.as_slices();
+                let first = n.min(a.len());
+                let rest = (n - first).min(b.len());
+                sub.end.write_sels(sub.sel_head, &a[..first]);
+                sub.end.write_sels(sub.sel_head + first as u64, &b[..rest]);
+                // Never short; were it, the reader would skip the missing entries.
+                let missing = vec![u32::MAX; n - first - rest];
+                sub.end
+                    .write_sels(sub.sel_head + (first + rest) as u64, &missing);
+                sub.sel_pending.drain(..first + rest);
+                sub.sel_head += n as u64;
             }
             if std::mem::take(&mut sub.reassigned) {
                 flags |= DESC_REASSIGNED;
@@ -134,5 +171,61 @@ impl Hub {
             sub.end.publish();
         }
         Ok(delivered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selections_keep_to_the_start_of_the_ring_and_never_overrun_what_is_held() {
+        let cap = 1 << 20;
+        // Within the window: where the last one ended.
+        assert_eq!(sel_place(0, 0, 100, cap), Some(0));
+        assert_eq!(sel_place(100, 0, 100, cap), Some(100));
+        // Past it: back to the start once the start is free.
+        assert_eq!(
+            sel_place(SEL_WINDOW - 50, SEL_WINDOW - 50, 100, cap),
+            Some(cap)
+        );
+        assert_eq!(sel_place(SEL_WINDOW - 50, 100, 100, cap), Some(cap));
+        // The start still held (released only up to 50): on where it was.
+        assert_eq!(
+            sel_place(SEL_WINDOW - 50, 50, 100, cap),
+            Some(SEL_WINDOW - 50)
+        );
+        // A selection larger than the window: on where it was, if the ring has room.
+        assert_eq!(sel_place(10, 10, SEL_WINDOW as u32 + 1, cap), Some(10));
+        assert_eq!(sel_place(cap, 0, 1, cap), None, "the ring is full");
+        // A small ring is its own window.
+        assert_eq!(sel_place(6, 2, 4, 8), Some(6));
+        assert_eq!(sel_place(6, 1, 4, 8), None);
+        assert_eq!(sel_place(6, 6, 4, 8), Some(8));
+        assert_eq!(sel_place(0, 0, 1, 0), None);
+        // Simulated: a member holding up to 40 selections of random sizes; every placed
+        // run is disjoint (modulo the ring) from every held one.
+        let cap = 1u64 << 16;
+        let mut held: std::collections::VecDeque<(u64, u64)> = Default::default();
+        let (mut head, mut tail) = (0u64, 0u64);
+        let mut x = 12345u64;
+        for _ in 0..100_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let n = (x >> 33) as u32 % 3000 + 1;
+            if held.len() == 40 || (x >> 20).is_multiple_of(3) {
+                if let Some((_, end)) = held.pop_front() {
+                    tail = end;
+                }
+                continue;
+            }
+            let Some(at) = sel_place(head, tail, n, cap) else {
+                continue;
+            };
+            assert!(at >= head && at + u64::from(n) - tail <= cap);
+            held.push_back((at, at + u64::from(n)));
+            head = at + u64::from(n);
+        }
     }
 }

@@ -9,7 +9,7 @@
 use super::ids::{ClientId, PoolId, Slot};
 use super::queue::Offer;
 use super::{Cut, Hub, Queued, Sub, INTAKE_BUDGET};
-use crate::batch::{BatchView, HEADER_LEN, RECORD_HEAD_LEN};
+use crate::batch::{BatchView, HEADER_LEN, INDEX_ENTRY_LEN, RECORD_HEAD_LEN};
 use crate::broker::config::GroupBalance;
 use crate::flow::{self, Balance};
 use crate::transport::region::{ProducerDesc, PDESC_INDEXED, PDESC_IPPAIR};
@@ -180,9 +180,18 @@ impl Hub {
             && (d.flags & PDESC_IPPAIR != 0) == want_ippair
             && view.header().index_off != 0;
         if indexed {
-            for i in 0..count as u32 {
-                self.hashes.push(view.index_entry(i).map_or(0, |(_, h)| h));
-            }
+            // The hashes, read straight from the index (its place was checked with the
+            // header): each entry is the record's offset, then the hash.
+            let at = view.header().index_off as usize;
+            let index = view
+                .as_bytes()
+                .get(at..at + count * INDEX_ENTRY_LEN)
+                .unwrap_or_default();
+            self.hashes.extend(
+                index
+                    .chunks_exact(INDEX_ENTRY_LEN)
+                    .map(|e| u32::from_le_bytes([e[4], e[5], e[6], e[7]])),
+            );
         } else {
             let mode = if want_ippair {
                 Balance::IpPair
@@ -241,6 +250,13 @@ impl Hub {
 
     /// Gives a departed member's queued batch to the group's remaining members.
     pub(super) fn redistribute(&mut self, name: &str, item: Queued, indices: &[u32]) {
+        // The losses it carries were the departed member's (counted for it already): the
+        // members it goes to lost nothing.
+        let item = Queued {
+            lost_batches: 0,
+            lost_packets: 0,
+            ..item
+        };
         let balance = self.config.group_balance;
         let taken = if !item.selected || balance == GroupBalance::Batch {
             let member = match self.groups.get_mut(name) {

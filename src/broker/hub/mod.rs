@@ -647,7 +647,9 @@ impl Hub {
                 );
             }
         }
-        let selects = group.is_some() && self.config.group_balance != GroupBalance::Batch;
+        // Every member gets a selection ring, under `batch` too: a reload may turn the
+        // server's balancing to `flow` or `ip-pair` while it is a member.
+        let selects = group.is_some();
         let layout = SubscriberLayout {
             desc_cap: if self.config.overflow == Overflow::Block {
                 tune("PIPC_TUNE_BLOCK_WINDOW", u64::from(BLOCK_WINDOW)) as u32
@@ -714,8 +716,15 @@ impl Hub {
         for sub in self.subscribers.values_mut() {
             sub.queue.reconfigure(config.queue_depth, config.overflow);
         }
+        let rebalanced = config.group_balance != self.config.group_balance;
         for g in self.groups.values_mut() {
             g.balance = config.group_balance;
+        }
+        if rebalanced {
+            // Flows move between members: each is told on its next batch.
+            for sub in self.subscribers.values_mut() {
+                sub.reassigned |= sub.group.is_some();
+            }
         }
         self.board.set_access(
             group_gid(&config.producer_group),
