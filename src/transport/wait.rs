@@ -36,23 +36,6 @@ pub(crate) const SPIN_CHECKS: u32 = 64;
 /// `sched_yield` rounds before sleeping, in adaptive mode.
 pub(crate) const YIELDS: u32 = 1;
 
-/// TUNING ONLY (temporary): the adaptive bounds, overridden from the environment.
-fn tuned() -> (u32, u32) {
-    static T: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
-    *T.get_or_init(|| {
-        let get = |n: &str, d: u32| {
-            std::env::var(n)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(d)
-        };
-        (
-            get("PIPC_TUNE_SPINS", SPIN_CHECKS),
-            get("PIPC_TUNE_YIELDS", YIELDS),
-        )
-    })
-}
-
 /// Sleeps on `word` while it holds `expected`, at most `timeout`. Returns on a wake-up, a
 /// changed word, a signal or the timeout (the caller looks again in every case).
 pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
@@ -171,7 +154,7 @@ pub(crate) fn wait(
             }
         }
         WaitMode::Adaptive => {
-            let (spins, yields) = tuned();
+            let (spins, yields) = (SPIN_CHECKS, YIELDS);
             for _ in 0..spins {
                 std::hint::spin_loop();
                 if ready() {

@@ -387,8 +387,6 @@ impl Hub {
     }
 
     fn run(mut self, heartbeat: &AtomicU64, epoch: Instant) {
-        let spin_rounds = tune("PIPC_TUNE_HUB_SPINS", u64::from(SPIN_ROUNDS)) as u32;
-        let yield_rounds = tune("PIPC_TUNE_HUB_YIELDS", u64::from(YIELD_ROUNDS)) as u32;
         let mut idle = 0u32;
         let mut rounds = 0u32;
         let mut last_house = Instant::now();
@@ -407,11 +405,11 @@ impl Hub {
                 continue;
             }
             idle += 1;
-            if idle <= spin_rounds {
+            if idle <= SPIN_ROUNDS {
                 std::hint::spin_loop();
                 continue;
             }
-            if idle <= spin_rounds + yield_rounds {
+            if idle <= SPIN_ROUNDS + YIELD_ROUNDS {
                 thread::yield_now();
                 continue;
             }
@@ -652,7 +650,7 @@ impl Hub {
         let selects = group.is_some();
         let layout = SubscriberLayout {
             desc_cap: if self.config.overflow == Overflow::Block {
-                tune("PIPC_TUNE_BLOCK_WINDOW", u64::from(BLOCK_WINDOW)) as u32
+                BLOCK_WINDOW
             } else {
                 WINDOW
             },
@@ -1042,7 +1040,7 @@ fn pool_shape(c: &ServerConfig) -> PoolShape {
     let max = page(c.max_batch_bytes as u64);
     let small_size = max.min(SMALL_SLOT);
     let wanted = match c.overflow {
-        Overflow::Block => tune("PIPC_TUNE_BLOCK_SLOTS", u64::from(BLOCK_SLOTS)),
+        Overflow::Block => u64::from(BLOCK_SLOTS),
         _ => {
             c.queue_depth as u64
                 + u64::from(WINDOW) * (c.max_subscribers as u64).min(64)
@@ -1065,14 +1063,6 @@ fn pool_shape(c: &ServerConfig) -> PoolShape {
         large_slots: large_slots as u32,
         large_size: large_size as u32,
     }
-}
-
-/// TUNING ONLY (temporary): a constant overridden from the environment.
-fn tune(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// Selection ring entries for a group member: room for a whole window's worth of the
