@@ -11,6 +11,7 @@ use crate::libpcap::Filter;
 use crate::packet::{AsIpcPacket, PacketRef};
 use crate::transport::region::{DESC_REASSIGNED, DESC_SELECTED};
 use crate::transport::slink::{Delivered, SubEvent, SubscriberLink};
+use crate::transport::wait::Deadline;
 use crate::transport::wire::NoticeCode;
 use crate::transport::TransportError;
 use crate::{Error, Result};
@@ -430,7 +431,8 @@ impl Subscriber {
     }
 
     fn next(&mut self, timeout: Option<Duration>) -> Result<Received> {
-        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        // No clock is read unless a wait is needed.
+        let mut deadline = Deadline::after(timeout);
         loop {
             if self.ended {
                 return Ok(Received::End);
@@ -442,13 +444,12 @@ impl Subscriber {
                     None => return Ok(Received::End),
                 },
             };
-            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
-            match link.next(left) {
+            match link.next(&mut deadline) {
                 Ok(SubEvent::Batch(d)) => {
                     if let Some(batch) = self.make(d) {
                         return Ok(Received::Batch(batch));
                     }
-                    if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                    if deadline.passed() {
                         return Ok(Received::Timeout);
                     }
                 }

@@ -303,7 +303,7 @@ impl ProducerLink {
             self.wake_daemon()?;
             let rel_tail = self.rel_tail;
             let region = &self.region;
-            let until = Instant::now() + LIVENESS;
+            let until = || Instant::now() + LIVENESS;
             let ready = wait::wait(self.wait, region.bell(), until, || {
                 region.rel_head().load(Ordering::Acquire) != rel_tail
             });

@@ -16,6 +16,7 @@ use super::memfd::{self, Access, Mapping};
 use super::region::{SubscriberDesc, SubscriberLayout, SubscriberRegion, FLAG_NOTICE};
 use super::sock::{Conn, Recv};
 use super::wait;
+use super::wait::Deadline;
 use super::wire::{
     self, Frame, NoticeCode, PoolInfo, PoolShape, WelcomeRole, WireInfo, MAX_DAEMON_FRAME,
 };
@@ -216,9 +217,8 @@ impl SubscriberLink {
         super::plink::send(&self.conn, &out)
     }
 
-    /// The next batch or notice; `None` waits without limit.
-    pub(crate) fn next(&mut self, timeout: Option<Duration>) -> Result<SubEvent, TransportError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+    /// The next batch or notice, by `deadline`.
+    pub(crate) fn next(&mut self, deadline: &mut Deadline) -> Result<SubEvent, TransportError> {
         loop {
             if self.region.flags().load(Ordering::Relaxed) & FLAG_NOTICE != 0 {
                 if let Some(notice) = self.read_socket(Duration::ZERO)? {
@@ -242,8 +242,10 @@ impl SubscriberLink {
             {
                 return Err(TransportError::Interrupted);
             }
-            let slice = Instant::now() + LIVENESS;
-            let until = deadline.map_or(slice, |d| d.min(slice));
+            let until = || {
+                let slice = Instant::now() + LIVENESS;
+                deadline.instant().map_or(slice, |d| d.min(slice))
+            };
             let next = self.next;
             let region = &self.region;
             let ready = wait::wait(self.wait, region.bell(), until, || {
@@ -255,7 +257,7 @@ impl SubscriberLink {
                 if let Some(notice) = self.read_socket(Duration::ZERO)? {
                     return Ok(notice);
                 }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
+                if deadline.passed() {
                     return Ok(SubEvent::Timeout);
                 }
             }

@@ -121,12 +121,40 @@ impl Bell<'_> {
     }
 }
 
-/// Waits for `ready()` in the given mode, at most until `until`; true when it became
-/// ready.
+/// A deadline set by a timeout from the moment it is first needed: a wait that the first
+/// checks satisfy reads no clock (at saturation, most of them).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadline {
+    timeout: Option<Duration>,
+    at: Option<Instant>,
+}
+
+impl Deadline {
+    /// `timeout` from the first time it is asked; `None`: never.
+    pub(crate) fn after(timeout: Option<Duration>) -> Deadline {
+        Deadline { timeout, at: None }
+    }
+
+    /// The instant (`None`: never), fixed on the first call.
+    pub(crate) fn instant(&mut self) -> Option<Instant> {
+        if self.at.is_none() {
+            self.at = self.timeout.map(|t| Instant::now() + t);
+        }
+        self.at
+    }
+
+    /// Whether it has passed.
+    pub(crate) fn passed(&mut self) -> bool {
+        self.instant().is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+/// Waits for `ready()` in the given mode, at most until `until()` (asked only when the
+/// first checks did not find it ready); true when it became ready.
 pub(crate) fn wait(
     mode: WaitMode,
     bell: Bell<'_>,
-    until: Instant,
+    until: impl FnOnce() -> Instant,
     mut ready: impl FnMut() -> bool,
 ) -> bool {
     if ready() {
@@ -134,6 +162,7 @@ pub(crate) fn wait(
     }
     match mode {
         WaitMode::Spin => {
+            let until = until();
             let mut n = 0u32;
             loop {
                 for _ in 0..256 {
@@ -167,9 +196,9 @@ pub(crate) fn wait(
                     return true;
                 }
             }
-            bell.sleep(&mut ready, until)
+            bell.sleep(&mut ready, until())
         }
-        WaitMode::Park => bell.sleep(&mut ready, until),
+        WaitMode::Park => bell.sleep(&mut ready, until()),
     }
 }
 
@@ -178,6 +207,20 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicU64;
     use std::sync::Arc;
+
+    #[test]
+    fn a_deadline_is_fixed_when_first_asked() {
+        let mut never = Deadline::after(None);
+        assert_eq!(never.instant(), None);
+        assert!(!never.passed());
+        let mut now = Deadline::after(Some(Duration::ZERO));
+        assert!(now.passed());
+        let mut later = Deadline::after(Some(Duration::from_secs(3600)));
+        let at = later.instant().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(later.instant(), Some(at), "fixed once");
+        assert!(!later.passed());
+    }
 
     #[test]
     fn a_sleeper_is_woken_and_a_timeout_returns() {
@@ -190,8 +233,12 @@ mod tests {
                 let deadline = Instant::now() + Duration::from_secs(30);
                 let mut seen = 0;
                 for want in 1..=200u64 {
-                    assert!(wait(mode, bell, deadline, || data.load(Ordering::Acquire)
-                        >= want));
+                    assert!(wait(
+                        mode,
+                        bell,
+                        || deadline,
+                        || data.load(Ordering::Acquire) >= want
+                    ));
                     seen = want;
                 }
                 seen
@@ -211,7 +258,7 @@ mod tests {
             let ready = wait(
                 mode,
                 bell,
-                Instant::now() + Duration::from_millis(30),
+                || Instant::now() + Duration::from_millis(30),
                 || false,
             );
             assert!(!ready);
