@@ -1002,3 +1002,47 @@ fn eight_members_share_the_flows_fairly() {
         records.iter().map(Vec::len).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_share_larger_than_a_member_joined_for_is_lost_for_it_not_waited_for() {
+    // A member's selection ring is sized by the server's max-batch-bytes when it joins; a
+    // reload may raise it. Under block, a share that can never fit must not stall the
+    // server: it is lost for that member (counted and said), and everyone else goes on.
+    let daemon = Daemon::start(Some(
+        "[servers.s]\noverflow = \"block\"\nmax-batch-bytes = 65536\n",
+    ));
+    let options = daemon.options(Duration::ZERO);
+    let mut member = Subscriber::connect_with(
+        "s",
+        ConnectOptions {
+            group: Some("g".into()),
+            ..options.clone()
+        },
+    )
+    .unwrap();
+    let mut plain = Subscriber::connect_with("s", options.clone()).unwrap();
+    std::fs::write(
+        daemon.runtime().join("packet-ipcd.toml"),
+        "[servers.s]\noverflow = \"block\"\nmax-batch-bytes = 16777216\n",
+    )
+    .unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_until("the server reconfigured", || {
+        daemon.log_text().contains("configuration changed")
+    });
+    let mut producer = packet_ipc::Producer::connect_with("s", options).unwrap();
+    let big = util::packets(20_000, 40, 1);
+    let small = util::packets(10, 60, 2);
+    producer.send(&big).unwrap();
+    producer.send(&small).unwrap();
+    let recv = |s: &mut Subscriber| match s.recv_timeout(DEADLINE).unwrap() {
+        Received::Batch(b) => b,
+        other => panic!("expected a batch, got {other:?}"),
+    };
+    assert_eq!(recv(&mut plain).len(), 20_000);
+    assert_eq!(recv(&mut plain).len(), 10);
+    let got = recv(&mut member);
+    assert_eq!(got.len(), 10, "the member's next batch is the small one");
+    assert_eq!((got.lost(), got.lost_packets()), (1, 20_000));
+    assert!(daemon.log_text().contains("larger than it joined for"));
+}

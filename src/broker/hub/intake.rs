@@ -291,6 +291,23 @@ impl Hub {
         };
         item.lost_batches += std::mem::take(&mut sub.lost_batches);
         item.lost_packets += std::mem::take(&mut sub.lost_packets);
+        if item.selected && u64::from(item.packets) > sub.end.sel_cap() {
+            // A share its selection ring can never hold (`max-batch-bytes` was raised by a
+            // reload after it joined): lost for it, whatever the policy, never waited for.
+            sub.lost_batches += item.lost_batches + 1;
+            sub.lost_packets += item.lost_packets + u64::from(item.packets);
+            if !std::mem::replace(&mut sub.outgrown, true) {
+                tracing::warn!(
+                    server = %self.name,
+                    subscriber = %sid,
+                    packets = item.packets,
+                    "a group member's share is larger than it joined for (max-batch-bytes \
+                     was raised): such batches are lost for it until it reconnects"
+                );
+            }
+            self.count_drop(sid, (1, u64::from(item.packets)));
+            return 0;
+        }
         sub.sel_pending.extend(selection.iter().copied());
         match sub.queue.offer(item) {
             Offer::Queued => {

@@ -273,6 +273,8 @@ struct Sub {
     sel_tail: u64,
     /// Its group's assignment changed: say so on the next batch.
     reassigned: bool,
+    /// It was told (in the log) that a share outgrew its selection ring.
+    outgrown: bool,
     welcomed: Instant,
     pending: Option<Box<dyn PendingToken>>,
 }
@@ -699,6 +701,7 @@ impl Hub {
                 sel_head: 0,
                 sel_tail: 0,
                 reassigned: false,
+                outgrown: false,
                 welcomed: Instant::now(),
                 pending: Some(who.pending),
             },
