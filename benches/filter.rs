@@ -43,10 +43,55 @@ fn bench(c: &mut Criterion, filter: &Filter) {
     ] {
         let expected = name.ends_with("match");
         assert_eq!(filter.matches(0, &data, FRAME as u32), expected, "{name}");
+        assert_eq!(filter.matches_in_libpcap(0, &data, FRAME as u32), expected);
         group.bench_with_input(BenchmarkId::new(name, FRAME), &data, |b, data| {
             b.iter(|| filter.matches(0, black_box(data), FRAME as u32))
         });
+        group.bench_with_input(
+            BenchmarkId::new(format!("{name}_libpcap"), FRAME),
+            &data,
+            |b, data| b.iter(|| filter.matches_in_libpcap(0, black_box(data), FRAME as u32)),
+        );
     }
+    // A mix in an order nobody can predict: what a subscriber sees.
+    let mut mix = Vec::new();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..4096 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let protocol = if x & 1 == 0 { 6 } else { 17 };
+        let port = if x & 6 == 0 {
+            443
+        } else {
+            1024 + (x >> 40) as u16 % 4096
+        };
+        mix.push(frame(protocol, port));
+    }
+    let matches = mix
+        .iter()
+        .filter(|f| filter.matches(0, f, FRAME as u32))
+        .count();
+    let oracle = mix
+        .iter()
+        .filter(|f| filter.matches_in_libpcap(0, f, FRAME as u32))
+        .count();
+    assert_eq!(matches, oracle);
+    group.throughput(Throughput::Elements(mix.len() as u64));
+    group.bench_function("mixed", |b| {
+        b.iter(|| {
+            mix.iter()
+                .filter(|f| filter.matches(0, black_box(f), FRAME as u32))
+                .count()
+        })
+    });
+    group.bench_function("mixed_libpcap", |b| {
+        b.iter(|| {
+            mix.iter()
+                .filter(|f| filter.matches_in_libpcap(0, black_box(f), FRAME as u32))
+                .count()
+        })
+    });
     group.finish();
 }
 

@@ -30,6 +30,7 @@
 //! package, in `cli/`; the C API is `capi/`.
 
 pub mod batch;
+mod bpf;
 #[cfg(feature = "daemon")]
 pub mod broker;
 mod client;

@@ -474,6 +474,8 @@ fn ts_nanos(ts: &libc::timeval, nanosecond: bool) -> u64 {
 pub struct Filter {
     lib: &'static Lib,
     program: BpfProgram,
+    /// The same program for this crate's interpreter (`None`: libpcap's runs it).
+    fast: Option<crate::bpf::Program>,
     expr: String,
     linktype: u32,
 }
@@ -513,9 +515,25 @@ impl Filter {
         // not refer to the handle it was compiled on.
         unsafe { (lib.close)(dead.as_ptr()) };
         let program = compiled.map_err(|message| invalid(&message))?;
+        let insns: Vec<crate::bpf::Insn> = if program.bf_insns.is_null() {
+            Vec::new()
+        } else {
+            // SAFETY: pcap_compile made `bf_len` instructions at `bf_insns`, owned by
+            // `program` and alive while it is.
+            unsafe { std::slice::from_raw_parts(program.bf_insns, program.bf_len as usize) }
+                .iter()
+                .map(|i| crate::bpf::Insn {
+                    code: i.code,
+                    jt: i.jt,
+                    jf: i.jf,
+                    k: i.k,
+                })
+                .collect()
+        };
         Ok(Filter {
             lib,
             program,
+            fast: crate::bpf::Program::decode(&insns),
             expr: expr.to_owned(),
             linktype,
         })
@@ -533,10 +551,23 @@ impl Filter {
 
     /// True when the packet passes the filter. `data` is what was captured of it (its
     /// first bytes: the link-layer header on), `orig_len` its length on the wire (what
-    /// `len` tests); the time stamp is not looked at by any filter but is passed on.
+    /// `len` tests); the time stamp is not looked at by any filter.
     ///
-    /// Any bytes are safe: a filter that reads past `data` rejects the packet.
+    /// Any bytes are safe: a filter that reads past `data` rejects the packet. The
+    /// program runs in this crate's interpreter (`bpf`), or in libpcap's for a program
+    /// that one does not take; both give libpcap's results.
+    #[inline]
     pub fn matches(&self, ts_nanos: u64, data: &[u8], orig_len: u32) -> bool {
+        match &self.fast {
+            Some(program) => program.run(data, orig_len) != 0,
+            None => self.matches_in_libpcap(ts_nanos, data, orig_len),
+        }
+    }
+
+    /// [`Filter::matches`] by libpcap's interpreter (`pcap_offline_filter`), whichever
+    /// `matches` uses: for tests and benches that compare the two.
+    #[doc(hidden)]
+    pub fn matches_in_libpcap(&self, ts_nanos: u64, data: &[u8], orig_len: u32) -> bool {
         let header = PcapPkthdr {
             ts: libc::timeval {
                 tv_sec: (ts_nanos / 1_000_000_000) as libc::time_t,
@@ -566,6 +597,14 @@ impl fmt::Debug for Filter {
             .field("expr", &self.expr)
             .field("linktype", &self.linktype)
             .field("instructions", &self.program.bf_len)
+            .field(
+                "interpreter",
+                &if self.fast.is_some() {
+                    "packet-ipc"
+                } else {
+                    "libpcap"
+                },
+            )
             .finish()
     }
 }
@@ -1249,6 +1288,119 @@ mod tests {
         assert!(long.matches(ts, &udp, 1500));
         assert!(!long.matches(ts, &udp, 100));
         assert!(long.matches(ts, &udp, 101));
+    }
+
+    /// Frames of many kinds, whole and cut anywhere, and random bytes: what the filters
+    /// of the differential test run over.
+    fn assorted_frames() -> Vec<(Vec<u8>, u32)> {
+        let mut frames = vec![
+            udp_frame(53, b"query"),
+            udp_frame(443, &[7; 300]),
+            tcp_syn_frame(443),
+            tcp_syn_frame(80),
+            arp_frame(),
+        ];
+        // IPv6 TCP and UDP, a VLAN-tagged IPv4 UDP, an IPv4 fragment, ICMP.
+        let mut v6 = vec![0x60, 0, 0, 0, 0, 28, 6, 64];
+        v6.extend_from_slice(&[0x20, 1, 0x0d, 0xb8].repeat(8));
+        v6.extend_from_slice(&[0x9c, 0x41, 0x01, 0xbb, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02]);
+        v6.resize(40 + 28, 0);
+        frames.push(ethernet(0x86dd, &v6));
+        v6[6] = 17;
+        frames.push(ethernet(0x86dd, &v6));
+        let inner = udp_frame(5353, b"mdns");
+        let mut tagged = inner[..12].to_vec();
+        tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x64]);
+        tagged.extend_from_slice(&inner[12..]);
+        frames.push(tagged);
+        let mut fragment = udp_frame(53, &[1; 64]);
+        fragment[14 + 6] = 0x20; // more fragments
+        frames.push(fragment.clone());
+        fragment[14 + 6] = 0x00;
+        fragment[14 + 7] = 0x08; // a later one
+        frames.push(fragment);
+        frames.push(ethernet(0x0800, &ipv4(1, &[8, 0, 0, 0, 0, 1, 0, 1])));
+        let mut out: Vec<(Vec<u8>, u32)> = Vec::new();
+        for f in frames {
+            let wire = f.len() as u32;
+            for cut in (0..f.len()).step_by(3) {
+                out.push((f[..cut].to_vec(), wire));
+            }
+            out.push((f.clone(), wire));
+            out.push((f, wire + 1000));
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..500 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 96) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|k| (x >> (k % 56)) as u8).collect();
+            if len > 13 && x.is_multiple_of(3) {
+                bytes[12..14].copy_from_slice(&[0x08, 0x00]);
+                bytes[14] = 0x40 | (x % 16) as u8;
+            }
+            out.push((bytes, (x >> 20) as u32 % 2000));
+        }
+        out
+    }
+
+    #[test]
+    fn the_crates_interpreter_gives_libpcaps_results() {
+        if !libpcap("filters run by both interpreters") {
+            return;
+        }
+        let frames = assorted_frames();
+        for expr in [
+            "tcp port 443",
+            "udp",
+            "ip6",
+            "not arp",
+            "tcp or udp",
+            "(tcp or udp) and port 53",
+            "portrange 1000-6000",
+            "icmp",
+            "vlan and udp",
+            "vlan 100 and port 5353",
+            "ip[6:2] & 0x1fff != 0",
+            "ip[2:2] > 60",
+            "len > 100",
+            "greater 200",
+            "less 64",
+            "tcp[tcpflags] & tcp-syn != 0",
+            "net 10.0.0.0/8 and dst host 10.0.0.2",
+            "ether host 02:00:00:00:00:01",
+            "ip and not tcp",
+            "ip6 and tcp dst port 443",
+            "ip proto 47 or ip6 proto 47",
+            "udp[8:4] = 0x71756572",
+            "ip[0] & 0xf != 5",
+            "tcp[((tcp[12] & 0xf0) >> 2):4] = 0",
+            "len % 7 = 3",
+            "len * 3 - 10 > 200 or len / 4 < 5",
+        ] {
+            let filter = Filter::compile(expr, 1, 65535).unwrap();
+            assert!(filter.fast.is_some(), "{expr}: {filter:?}");
+            for (n, (data, wire)) in frames.iter().enumerate() {
+                assert_eq!(
+                    filter.matches(0, data, *wire),
+                    filter.matches_in_libpcap(0, data, *wire),
+                    "{expr}: frame {n} ({} of {wire} bytes) {data:02x?}",
+                    data.len()
+                );
+            }
+        }
+        // Other link types.
+        for (expr, linktype) in [("udp", 101), ("ip and udp", 113), ("udp", 228)] {
+            let filter = Filter::compile(expr, linktype, 0).unwrap();
+            for (data, wire) in &frames {
+                assert_eq!(
+                    filter.matches(0, data, *wire),
+                    filter.matches_in_libpcap(0, data, *wire),
+                    "{expr} on {linktype}"
+                );
+            }
+        }
     }
 
     #[test]
