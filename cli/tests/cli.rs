@@ -789,9 +789,11 @@ fn stats_watch_redraws_on_a_terminal_until_ctrl_c() {
         &["--batch", "10"],
         LOOPBACK_PACKETS,
     );
-    // script(1) runs the command on a pseudo-terminal and copies its output to ours.
+    // script(1) runs the command on a pseudo-terminal and copies its output to ours. It
+    // runs it through $SHELL or /bin/sh, and dash, not exec'ing it, would take the Ctrl-C
+    // too and die of it: `exec` leaves the terminal to the command alone.
     let command = format!(
-        "{} stats --watch --interval 0.2",
+        "exec {} stats --watch --interval 0.2",
         env!("CARGO_BIN_EXE_packet-ipc")
     );
     let mut child = daemon
