@@ -1,9 +1,12 @@
 //! The cost per packet of a tcpdump filter matched in this process
-//! ([`packet_ipc::libpcap::Filter::matches`], libpcap's BPF interpreter): `tcp port 443`
+//! ([`packet_ipc::libpcap::Filter::matches`]: machine code with the default feature `jit`,
+//! the crate's interpreter with `--no-default-features`; each case also in libpcap's
+//! interpreter, `_libpcap`): `tcp port 443`
 //! on 64-byte Ethernet frames, one that passes (TCP to port 443) and two that do not
 //! (TCP to port 80, UDP).
 //!
-//! Run with `cargo bench --bench filter`. Needs libpcap at run time
+//! Run with `cargo bench -p packet-ipc --bench filter` (`-p`: otherwise the CLI's
+//! dependency turns `jit` back on). Needs libpcap at run time
 //! (`apt-get install libpcap0.8`); without it the bench prints one `skipped:` line.
 
 use std::hint::black_box;

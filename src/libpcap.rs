@@ -474,7 +474,8 @@ fn ts_nanos(ts: &libc::timeval, nanosecond: bool) -> u64 {
 pub struct Filter {
     lib: &'static Lib,
     program: BpfProgram,
-    /// The same program for this crate's interpreter (`None`: libpcap's runs it).
+    /// The same program, run by this crate (machine code or its interpreter; `None`:
+    /// libpcap's interpreter runs it).
     fast: Option<crate::bpf::Program>,
     expr: String,
     linktype: u32,
@@ -554,8 +555,9 @@ impl Filter {
     /// `len` tests); the time stamp is not looked at by any filter.
     ///
     /// Any bytes are safe: a filter that reads past `data` rejects the packet. The
-    /// program runs in this crate's interpreter (`bpf`), or in libpcap's for a program
-    /// that one does not take; both give libpcap's results.
+    /// program runs as machine code (feature `jit`) or in this crate's interpreter
+    /// (`bpf`), or in libpcap's for a program those do not take; all give libpcap's
+    /// results.
     #[inline]
     pub fn matches(&self, ts_nanos: u64, data: &[u8], orig_len: u32) -> bool {
         match &self.fast {

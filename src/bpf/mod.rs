@@ -1,13 +1,16 @@
-//! A classic BPF interpreter for the filters libpcap compiles: the program is decoded once
-//! into operations with their jump targets resolved, and a load followed by a comparison
-//! of what it loaded becomes one operation, so a packet costs about half the dispatches of
-//! libpcap's own interpreter, with no call into C and no `pcap_pkthdr` to build.
+//! The filters libpcap compiles, run in this crate: the program is decoded once into
+//! operations with their jump targets resolved, then compiled to machine code (`jit`,
+//! with the feature of that name: 2.7 ns a packet for `tcp port 443` where libpcap's
+//! interpreter takes 18–20, `cargo bench --bench filter`). Where that is not built or
+//! fails, the interpreter here runs them: a load followed by a comparison of what it
+//! loaded becomes one operation, with no call into C and no `pcap_pkthdr` to build.
 //!
 //! It runs what `pcap_compile` makes for a capture file (no Linux ancillary loads). A
 //! program it does not take (an instruction it does not know, a jump out of the program,
 //! a scratch cell out of range, a division by a constant 0, no return at the end) is
-//! refused by [`Program::decode`], and the caller keeps libpcap's interpreter. Its
-//! results are libpcap's: `libpcap::tests` runs both over the same packets.
+//! refused by [`Program::decode`], and the caller keeps libpcap's interpreter. Their
+//! results are libpcap's: `libpcap::tests` runs all three over the same packets, and over
+//! random programs.
 //!
 //! Semantics (those of libpcap's `bpf_filter`): a load past the captured bytes returns 0
 //! (no match); a division or remainder by an X of 0 returns 0; shifts by 32 or more give
