@@ -611,6 +611,10 @@ impl fmt::Debug for Filter {
     }
 }
 
+/// How long the kernel holds a partly filled block of the capture ring before it hands it
+/// over, in milliseconds, when not in immediate mode: the most a packet waits there.
+pub const BLOCK_TIMEOUT_MS: c_int = 10;
+
 /// How to open a [`LiveCapture`]: builder-style, each method returns the options.
 #[derive(Clone, Debug)]
 pub struct CaptureOptions {
@@ -628,7 +632,7 @@ impl Default for CaptureOptions {
             snaplen: MAXIMUM_SNAPLEN,
             promisc: true,
             buffer_mib: None,
-            immediate: true,
+            immediate: false,
             nanosecond: true,
             filter: None,
         }
@@ -637,7 +641,8 @@ impl Default for CaptureOptions {
 
 impl CaptureOptions {
     /// The defaults: whole packets (snapshot length 262144), promiscuous, libpcap's
-    /// buffer size (2 MiB on Linux), immediate mode, nanosecond time stamps, no filter.
+    /// buffer size (2 MiB on Linux), blocks handed over when full or [`BLOCK_TIMEOUT_MS`]
+    /// after their first packet (not immediate mode), nanosecond time stamps, no filter.
     pub fn new() -> Self {
         Self::default()
     }
@@ -660,8 +665,11 @@ impl CaptureOptions {
         self
     }
 
-    /// Immediate mode (default on): packets are handed over as they arrive, not when a
-    /// block of the ring fills or a 100 ms timeout passes.
+    /// Immediate mode (default off): packets are handed over as they arrive, not when a
+    /// block of the ring fills or [`BLOCK_TIMEOUT_MS`] pass. On Linux libpcap then uses a
+    /// TPACKET_V2 ring, where every packet takes a slot of the snapshot length (64 KiB on
+    /// an interface with offloads): libpcap's default 2 MiB buffer holds about 32 packets,
+    /// and a burst is dropped where the TPACKET_V3 blocks of the default hold thousands.
     pub fn immediate(mut self, on: bool) -> Self {
         self.immediate = on;
         self
@@ -814,7 +822,7 @@ impl LiveCapture {
         }
         // Without immediate mode, how long the kernel holds a partly filled block.
         // SAFETY: as above.
-        let status = unsafe { (lib.set_timeout)(p, 100) };
+        let status = unsafe { (lib.set_timeout)(p, BLOCK_TIMEOUT_MS) };
         if status != 0 {
             return Err(self.failed("pcap_set_timeout", status));
         }

@@ -6,7 +6,7 @@
 # listens on the outer end. Each run measures, in turn:
 #
 #   tcpdump       tcpdump -i OUTER -w /dev/null (its defaults: TPACKET_V3 blocks)
-#   tcpdump-imm   the same with --immediate-mode (the mode packet-ipc capture uses)
+#   tcpdump-imm   the same with --immediate-mode (what packet-ipc capture --immediate uses)
 #   packet-ipc    packet-ipc capture bench -i OUTER into a packet-ipcd server (default
 #                 overflow, drop-oldest) with one subscriber (packet-ipc subscribe, no file)
 #

@@ -3,17 +3,21 @@
 //! network interface with libpcap (loaded at run time) and publishes the packets to a
 //! server of the daemon.
 //!
-//! The capture runs in immediate mode with nanosecond time stamps, the filter (if any) in
-//! the kernel. The link type of the interface must be the server's (`-i any` is Linux
+//! The capture runs with nanosecond time stamps, the filter (if any) in the kernel. The
+//! kernel fills blocks of a TPACKET_V3 ring and hands a block over when it is full or
+//! [`packet_ipc::libpcap::BLOCK_TIMEOUT_MS`] after its first packet, as tcpdump's ring does; `--immediate`
+//! hands each packet over at once, at the price of a ring slot of the snaplen per packet
+//! (TPACKET_V2: libpcap's default 2 MiB then holds about 32 packets on an interface with
+//! offloads, and bursts are dropped). The link type of the interface must be the server's (`-i any` is Linux
 //! cooked capture, link type 113): else nothing is sent and the command fails (exit 65).
 //! The snapshot length is the server's unless `--snaplen` asks for less.
 //!
 //! # Where the bytes go
 //!
 //! libpcap hands each packet over as a slice of its ring, valid only while its callback
-//! runs: with immediate mode (TPACKET_V2 on Linux) libpcap gives the ring frame back to
-//! the kernel as soon as the callback returns, and under load the kernel writes the next
-//! packet into it at once. A batch of views into the ring can therefore not outlive the
+//! runs: libpcap gives the ring frame (in immediate mode) or block back to the kernel once
+//! it has been handed over, and under load the kernel writes the next packets into it at
+//! once. A batch of views into the ring can therefore not outlive the
 //! packet it was made for. So each packet is copied once, within its callback, into an
 //! arena that is allocated once and reused, and the batch is sent as [`PacketRef`]s into
 //! that arena, which `Producer::send` copies into shared memory: two copies of each byte
@@ -77,8 +81,13 @@ pub struct CaptureArgs {
     /// Do not put the interface in promiscuous mode.
     #[arg(long)]
     no_promisc: bool,
-    /// Size of the kernel's capture buffer in MiB [default: libpcap's, 2 MiB]. In
-    /// immediate mode every packet takes a slot of the snaplen (up to 64 KiB on an
+    /// Hand each packet over as it arrives (libpcap's immediate mode) instead of in
+    /// blocks that the kernel fills for at most 10 ms; needs a larger --buffer-mib at
+    /// high rates.
+    #[arg(long)]
+    immediate: bool,
+    /// Size of the kernel's capture buffer in MiB [default: libpcap's, 2 MiB]. With
+    /// `--immediate` every packet takes a slot of the snaplen (up to 64 KiB on an
     /// interface with offloads), so 2 MiB holds about 32 packets: raise it (or lower
     /// `--snaplen`) for high rates.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=2047))]
@@ -299,7 +308,7 @@ pub fn run(args: CaptureArgs) -> Outcome {
     let mut options = CaptureOptions::new()
         .snaplen(snaplen)
         .promisc(!args.no_promisc)
-        .immediate(true)
+        .immediate(args.immediate)
         .nanosecond(true);
     if let Some(mib) = args.buffer_mib {
         options = options.buffer_mib(mib);

@@ -314,7 +314,14 @@ fn start_capture(daemon: &Daemon, server: &str, iface: &str, args: &[&str]) -> (
 /// Captures `count` packets on `iface` matching `filter`, through the daemon into a
 /// subscriber's file and with tcpdump beside it, while `send` makes the traffic; asserts
 /// both files hold the same records.
-fn capture_beside_tcpdump(iface: &str, filter: &str, count: usize, send: impl FnOnce()) {
+/// `extra`: more arguments for `capture` (the mode).
+fn capture_beside_tcpdump(
+    iface: &str,
+    filter: &str,
+    count: usize,
+    extra: &[&str],
+    send: impl FnOnce(),
+) {
     let daemon = Daemon::start(Some("[servers.live]\nlinktype = 1\noverflow = \"block\"\n"));
     let dir = tempfile::tempdir().unwrap();
     let got = dir.path().join("got.pcap");
@@ -327,20 +334,17 @@ fn capture_beside_tcpdump(iface: &str, filter: &str, count: usize, send: impl Fn
     );
     let tcpdump = start_tcpdump(iface, count, filter, &want);
     // More than the server's snaplen is cut to it.
-    let (capture, capture_err) = start_capture(
-        &daemon,
-        "live",
-        iface,
-        &[
-            "--filter",
-            filter,
-            "--count",
-            &n,
-            "--snaplen",
-            "100000",
-            "--json",
-        ],
-    );
+    let mut args = vec![
+        "--filter",
+        filter,
+        "--count",
+        &n,
+        "--snaplen",
+        "100000",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let (capture, capture_err) = start_capture(&daemon, "live", iface, &args);
     send();
     let output = wait_output(capture, DEADLINE);
     assert!(output.status.success(), "capture: {}", capture_err.text());
@@ -387,7 +391,8 @@ fn capture_on_lo_is_what_tcpdump_captures_beside_it() {
     }
     let port = free_port();
     let filter = format!("udp dst port {port}");
-    capture_beside_tcpdump("lo", &filter, 40, || {
+    // The default mode: blocks of the ring, handed over full or after 10 ms.
+    capture_beside_tcpdump("lo", &filter, 40, &[], || {
         send_udp(port, 40, |i| (i * 211) % 9000)
     });
 }
@@ -495,7 +500,8 @@ fn capture_on_a_veth_in_a_namespace_is_what_tcpdump_captures() {
         net.outside_addr
     );
     let ns = net.name.clone();
-    capture_beside_tcpdump(&net.outside, &filter, count, move || {
+    // Immediate mode: each packet as it comes.
+    capture_beside_tcpdump(&net.outside, &filter, count, &["--immediate"], move || {
         let out = Command::new("ip")
             .args(["netns", "exec", &ns, "bash", "-c", &script])
             .stdin(Stdio::null())
@@ -655,7 +661,8 @@ fn a_capture_that_falls_behind_reports_its_kernel_drops() {
     }
     let daemon = Daemon::start(None);
     let port = free_port();
-    // 1 MiB of ring on lo holds about 16 packets at the full snaplen.
+    // 1 MiB of ring: 20000 copies of 1 KiB datagrams on lo (each is seen going out and
+    // coming in) do not fit.
     let (capture, capture_err) = start_capture(
         &daemon,
         "default",
@@ -669,10 +676,10 @@ fn a_capture_that_falls_behind_reports_its_kernel_drops() {
         ],
     );
     util::signal(&capture, libc::SIGSTOP);
-    let sent = 3000;
+    let sent = 10_000;
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
     for i in 0..sent {
-        let _ = tx.send_to(&[i as u8; 200], ("127.0.0.1", port));
+        let _ = tx.send_to(&[i as u8; 1000], ("127.0.0.1", port));
     }
     util::signal(&capture, libc::SIGCONT);
     // Reported about once a second.
