@@ -595,19 +595,22 @@ mod tests {
         assert_eq!(ng_nanos(1024, &iface(0x80 | 10, 0)), 1_000_000_000);
     }
 
+    /// A writer into a buffer the test keeps a handle on.
+    struct Shared(Rc<RefCell<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.borrow_mut().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[test]
     fn pcap_written_then_read_back() {
         let buf = Rc::new(RefCell::new(Vec::new()));
-        struct Shared(Rc<RefCell<Vec<u8>>>);
-        impl Write for Shared {
-            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-                self.0.borrow_mut().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
         let mut out = PcapOut::new(Box::new(Shared(Rc::clone(&buf))), 1, 64).unwrap();
         out.push(1_700_000_000_123_456_789, b"abc", 1500).unwrap();
         out.push(1_700_000_001_000_000_001, b"", 0).unwrap();
@@ -642,16 +645,6 @@ mod tests {
         assert_eq!(e.code, exit::DATAERR);
 
         let buf = Rc::new(RefCell::new(Vec::new()));
-        struct Shared(Rc<RefCell<Vec<u8>>>);
-        impl Write for Shared {
-            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-                self.0.borrow_mut().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
         let mut out = PcapOut::new(Box::new(Shared(Rc::clone(&buf))), 1, 65535).unwrap();
         for i in 0..3 {
             out.push(i, &[7; 100], 100).unwrap();

@@ -304,13 +304,31 @@ impl ProducerEnd {
 
     /// Tells the producer something; it looks at its socket when the flag says so.
     pub(crate) fn notice(&self, code: NoticeCode, why: &str) {
-        let mut buf = Vec::new();
-        wire::notice(&mut buf, code, why);
-        let _ = send(&self.conn, &buf, &[]);
-        self.region.flags().fetch_or(FLAG_NOTICE, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        self.region.bell().ring();
+        notice(
+            &self.conn,
+            self.region.flags(),
+            self.region.bell(),
+            code,
+            why,
+        );
     }
+}
+
+/// Sends a notice on a client's socket, raises its region's NOTICE flag, and rings its
+/// bell: a client looks at its socket only when the flag says so.
+fn notice(
+    conn: &Conn,
+    flags: &std::sync::atomic::AtomicU32,
+    bell: crate::transport::wait::Bell<'_>,
+    code: NoticeCode,
+    why: &str,
+) {
+    let mut buf = Vec::new();
+    wire::notice(&mut buf, code, why);
+    let _ = send(conn, &buf, &[]);
+    flags.fetch_or(FLAG_NOTICE, Ordering::Relaxed);
+    fence(Ordering::SeqCst);
+    bell.ring();
 }
 
 impl Drop for ProducerEnd {
@@ -451,12 +469,13 @@ impl SubscriberEnd {
 
     /// Tells the subscriber something; it reads its socket when the flag says so.
     pub(crate) fn notice(&self, code: NoticeCode, why: &str) {
-        let mut buf = Vec::new();
-        wire::notice(&mut buf, code, why);
-        let _ = send(&self.conn, &buf, &[]);
-        self.region.flags().fetch_or(FLAG_NOTICE, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        self.region.bell().ring();
+        notice(
+            &self.conn,
+            self.region.flags(),
+            self.region.bell(),
+            code,
+            why,
+        );
     }
 }
 

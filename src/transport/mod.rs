@@ -37,6 +37,25 @@ pub use wire::WireError;
 use crate::batch::BatchError;
 
 /// Maps an I/O error to a [`TransportError`] saying what was being done.
+/// Maps a client's region (producer or subscriber) the daemon made: it must be sealed and
+/// hold `len` bytes, the size its layout (`valid`) needs; `region` then checks its words.
+pub(crate) fn map_region<R>(
+    fd: &std::os::fd::OwnedFd,
+    valid: bool,
+    len: usize,
+    region: impl FnOnce(std::sync::Arc<memfd::Mapping>) -> Option<R>,
+) -> Result<R, TransportError> {
+    use std::os::fd::AsFd;
+    let wrong = || TransportError::Protocol("a region of the wrong size".into());
+    let size = memfd::check_sealed(fd.as_fd()).map_err(io_err("checking the region"))?;
+    if !valid || size < len {
+        return Err(wrong());
+    }
+    let map = memfd::Mapping::new(fd.as_fd(), size, memfd::Access::ReadWrite)
+        .map_err(io_err("mapping the region"))?;
+    region(std::sync::Arc::new(map)).ok_or_else(wrong)
+}
+
 pub(crate) fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> TransportError {
     move |source| TransportError::Io { what, source }
 }

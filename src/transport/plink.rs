@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use super::memfd::{self, Access, Mapping};
 use super::region::{
-    ProducerDesc, ProducerLayout, ProducerRegion, FLAG_INDEX_IPPAIR, FLAG_NOTICE, FLAG_WANT_INDEX,
-    PDESC_INDEXED, PDESC_IPPAIR,
+    ProducerDesc, ProducerRegion, FLAG_INDEX_IPPAIR, FLAG_NOTICE, FLAG_WANT_INDEX, PDESC_INDEXED,
+    PDESC_IPPAIR,
 };
 use super::sock::{Conn, Recv};
 use super::wait;
@@ -103,7 +103,9 @@ impl ProducerLink {
         let [region_fd, pool_fd] = <[OwnedFd; 2]>::try_from(fds).map_err(|_| {
             TransportError::Protocol("a producer welcome without its memory".into())
         })?;
-        let region = map_region(&region_fd, layout)?;
+        let region = super::map_region(&region_fd, layout.valid(), layout.len(), |map| {
+            ProducerRegion::new(map, layout)
+        })?;
         let slots = shape.slots();
         let pool_len = shape
             .len()
@@ -424,20 +426,6 @@ impl ProducerLink {
     pub(crate) fn raw(&mut self) -> (&ProducerRegion, &Mapping, &mut u64, &Conn) {
         (&self.region, &self.pool, &mut self.desc_head, &self.conn)
     }
-}
-
-/// Maps a producer region after checking it.
-fn map_region(fd: &OwnedFd, layout: ProducerLayout) -> Result<ProducerRegion, TransportError> {
-    let size = memfd::check_sealed(fd.as_fd()).map_err(io_err("checking the region"))?;
-    if !layout.valid() || size < layout.len() {
-        return Err(TransportError::Protocol(
-            "a region of the wrong size".into(),
-        ));
-    }
-    let map =
-        Mapping::new(fd.as_fd(), size, Access::ReadWrite).map_err(io_err("mapping the region"))?;
-    ProducerRegion::new(Arc::new(map), layout)
-        .ok_or_else(|| TransportError::Protocol("a region of the wrong size".into()))
 }
 
 /// Sends a frame on the link's socket: a peer that is gone is `Disconnected`.

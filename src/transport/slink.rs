@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::memfd::{self, Access, Mapping};
-use super::region::{SubscriberDesc, SubscriberLayout, SubscriberRegion, FLAG_NOTICE};
+use super::region::{SubscriberDesc, SubscriberRegion, FLAG_NOTICE};
 use super::sock::{Conn, Recv};
 use super::wait;
 use super::wait::Deadline;
@@ -186,7 +186,9 @@ impl SubscriberLink {
         let [region_fd] = <[OwnedFd; 1]>::try_from(fds).map_err(|_| {
             TransportError::Protocol("a subscriber welcome without its memory".into())
         })?;
-        let region = map_region(&region_fd, layout)?;
+        let region = super::map_region(&region_fd, layout.valid(), layout.len(), |map| {
+            SubscriberRegion::new(map, layout)
+        })?;
         let tail = region.desc_tail().load(Ordering::Relaxed);
         let conn = Arc::new(conn);
         Ok(SubscriberLink {
@@ -398,17 +400,4 @@ impl SubscriberLink {
     pub(crate) fn raw(&self) -> (&SubscriberRegion, &Conn) {
         (&self.region, &self.conn)
     }
-}
-
-fn map_region(fd: &OwnedFd, layout: SubscriberLayout) -> Result<SubscriberRegion, TransportError> {
-    let size = memfd::check_sealed(fd.as_fd()).map_err(io_err("checking the region"))?;
-    if !layout.valid() || size < layout.len() {
-        return Err(TransportError::Protocol(
-            "a region of the wrong size".into(),
-        ));
-    }
-    let map =
-        Mapping::new(fd.as_fd(), size, Access::ReadWrite).map_err(io_err("mapping the region"))?;
-    SubscriberRegion::new(Arc::new(map), layout)
-        .ok_or_else(|| TransportError::Protocol("a region of the wrong size".into()))
 }
