@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use packet_ipc::{ConnectOptions, Error, Producer, Subscriber};
 
-use crate::util::{open_fds, packets, summary, wait_output, wait_stderr_line, Daemon, DEADLINE};
+use crate::util::{
+    open_fds, packets, settled_fds, summary, wait_output, wait_stderr_line, Daemon, DEADLINE,
+};
 
 fn options(daemon: &Daemon, reconnect_wait: Duration) -> ConnectOptions {
     daemon.options(reconnect_wait)
@@ -269,16 +271,7 @@ fn a_thousand_connect_kill_cycles_leave_nothing_behind() {
     }
     settle(0);
     // The baseline once what the warm-up's clients held has been let go.
-    let mut fds = open_fds(pid);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        let now = open_fds(pid);
-        if now == fds || Instant::now() > deadline {
-            break;
-        }
-        fds = now;
-    }
+    let fds = settled_fds(pid);
     let rss = proc_status(pid, "VmRSS:");
     let started = Instant::now();
     for n in 0..1000 {

@@ -438,6 +438,22 @@ pub fn open_fds(pid: u32) -> usize {
         .count()
 }
 
+/// The open descriptors of process `pid` once they stop changing (the same count over
+/// half a second, several of the daemon's 100 ms housekeeping rounds; 10 s at most):
+/// a baseline that what departed clients held no longer inflates.
+pub fn settled_fds(pid: u32) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut fds = open_fds(pid);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = open_fds(pid);
+        if now == fds || Instant::now() > deadline {
+            return now;
+        }
+        fds = now;
+    }
+}
+
 /// Whether a test has what it needs. `missing` says why not (`None`: it is there). When
 /// it is missing the test prints `skipped: <what>: needs <needs>` and should return (it
 /// passes), unless `PACKET_IPC_REQUIRE_TOOLS=1` (CI sets it): then it fails here.
