@@ -68,6 +68,11 @@ impl Native {
         let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
         let mut ctx = module.make_context();
         let ptr = module.target_config().pointer_type();
+        // A load's offset (K + X, each below 2^32) and its end are computed in a pointer:
+        // only 64 bits hold them without wrapping, which the bounds check relies on.
+        if ptr != types::I64 {
+            return None;
+        }
         let mut sig = module.make_signature();
         sig.params.push(AbiParam::new(ptr));
         sig.params.push(AbiParam::new(ptr));
