@@ -26,8 +26,9 @@
 //! - [`libpcap`]: libpcap loaded at run time: tcpdump filter expressions ([`libpcap::Filter`])
 //!   and capture from interfaces ([`libpcap::LiveCapture`]).
 //!
-//! The programs (`packet-ipcd`, `packet-ipc`, `packet-ipc-extcap`) are the `packet-ipc-cli`
-//! package, in `cli/`; the C API is `capi/`.
+//! The daemon `packet-ipcd` is this package's binary with the `daemon` feature; the other
+//! programs (`packet-ipc`, `packet-ipc-extcap`) are the `packet-ipc-cli` package, in
+//! `cli/`; the C API is `capi/`.
 
 pub mod batch;
 mod bpf;

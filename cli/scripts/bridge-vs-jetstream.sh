@@ -17,7 +17,7 @@
 set -u
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
 command -v nats-server >/dev/null || { echo "needs nats-server (apt-get install nats-server)" >&2; exit 1; }
-cargo build --release -q -p packet-ipc-cli --bins --example bridge-baseline || exit 1
+cargo build --release -q --bins --example bridge-baseline || exit 1
 R=${CARGO_TARGET_DIR:-target}/release; B=$R/examples/bridge-baseline
 W=$(mktemp -d /tmp/brXXXX)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"' EXIT

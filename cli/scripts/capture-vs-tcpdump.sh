@@ -43,7 +43,7 @@ done
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-(cd "$ROOT" && cargo build --release -q -p packet-ipc-cli --bins --example write-traffic)
+(cd "$ROOT" && cargo build --release -q --bins --example write-traffic)
 BIN=$TARGET/release
 PIPC=$BIN/packet-ipc
 

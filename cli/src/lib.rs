@@ -27,7 +27,6 @@ mod bench;
 pub mod benchcore;
 mod bridge;
 mod capture;
-pub mod daemon_main;
 pub mod extcap;
 mod human;
 mod pcap;

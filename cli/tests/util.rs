@@ -145,9 +145,22 @@ pub fn assert_same_packets(got: &[Packet], want: &[Packet]) {
     }
 }
 
-/// The daemon binary.
+/// The daemon binary. It belongs to the library's package (`packet-ipc`, feature
+/// `daemon`), so it is not this package's to name: it lies beside this package's
+/// `packet-ipc`, in the same target directory, where `cargo test --workspace` (and
+/// `cargo build`) put it.
 pub fn daemon_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_packet-ipcd")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = Path::new(env!("CARGO_BIN_EXE_packet-ipc")).with_file_name("packet-ipcd");
+        assert!(
+            bin.is_file(),
+            "{} is not built: run `cargo test --workspace`, or `cargo build --bin packet-ipcd` \
+             first",
+            bin.display()
+        );
+        bin.to_string_lossy().into_owned()
+    })
 }
 
 /// The group of the tests that run clients as other users, a member and an outsider.

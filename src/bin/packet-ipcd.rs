@@ -1,5 +1,7 @@
-//! `packet-ipcd`'s main: command line, configuration, logging, signals, then
-//! [`packet_ipc::broker::daemon::run`].
+//! `packet-ipcd`, the packet-ipc broker daemon: command line, configuration, logging,
+//! signals, then [`packet_ipc::broker::daemon::run`]. Built with the library's `daemon`
+//! feature (the workspace's programs turn it on; `cargo install packet-ipc --features
+//! daemon` installs it alone).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,8 +28,7 @@ struct Args {
 const EX_CONFIG: u8 = 78;
 const EX_SOFTWARE: u8 = 70;
 
-/// The `packet-ipcd` program.
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
     let source = config::locate(args.config.as_deref());
     let config = match config::load(&source) {
