@@ -794,14 +794,7 @@ impl<T> Sequencer<T> {
                 return;
             }
             // Too many held: give up waiting for the first missing ones.
-            let first = *s.held.keys().next().expect("one held");
-            out.push(Step::Gap {
-                source: source.clone(),
-                after: s.next - 1,
-                missed: first - s.next,
-            });
-            s.next = first;
-            Self::release(s, now, out);
+            Self::skip_to_held(&source, s, now, out);
             return;
         }
         out.push(Step::Deliver(item));
@@ -813,16 +806,22 @@ impl<T> Sequencer<T> {
     pub fn expire(&mut self, now: Instant, out: &mut Vec<Step<T>>) {
         for (name, s) in &mut self.sources {
             while s.since.is_some_and(|t| now.duration_since(t) >= self.hold) {
-                let first = *s.held.keys().next().expect("held while waiting");
-                out.push(Step::Gap {
-                    source: name.clone(),
-                    after: s.next - 1,
-                    missed: first - s.next,
-                });
-                s.next = first;
-                Self::release(s, now, out);
+                Self::skip_to_held(name, s, now, out);
             }
         }
+    }
+
+    /// Reports the messages before the first held one as a gap, then sends what is next
+    /// in line from there. Called only while something is held.
+    fn skip_to_held(source: &str, s: &mut Source<T>, now: Instant, out: &mut Vec<Step<T>>) {
+        let first = *s.held.keys().next().expect("something held");
+        out.push(Step::Gap {
+            source: source.into(),
+            after: s.next - 1,
+            missed: first - s.next,
+        });
+        s.next = first;
+        Self::release(s, now, out);
     }
 
     /// Sends the held messages that are next in line.
