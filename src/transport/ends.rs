@@ -184,21 +184,12 @@ impl ProducerEnd {
             read_only,
             map,
         });
-        let mut buf = Vec::new();
-        wire::welcome(
-            &mut buf,
-            &Welcome {
-                version: PROTOCOL,
-                id,
-                server: info,
-                role: WelcomeRole::Producer {
-                    layout,
-                    pool: pool_id,
-                    shape,
-                },
-            },
-        );
-        send(&conn, &buf, &[region_fd.as_fd(), pool_fd.as_fd()])?;
+        let role = WelcomeRole::Producer {
+            layout,
+            pool: pool_id,
+            shape,
+        };
+        send_welcome(&conn, id, info, role, &[region_fd.as_fd(), pool_fd.as_fd()])?;
         Ok(ProducerEnd {
             conn,
             region,
@@ -314,6 +305,25 @@ impl ProducerEnd {
     }
 }
 
+/// Welcomes a client as `role`, handing over the memory its role needs (`fds`).
+fn send_welcome(
+    conn: &Conn,
+    id: u64,
+    server: WireInfo,
+    role: WelcomeRole,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> Result<(), TransportError> {
+    let mut buf = Vec::new();
+    let welcome = Welcome {
+        version: PROTOCOL,
+        id,
+        server,
+        role,
+    };
+    wire::welcome(&mut buf, &welcome);
+    send(conn, &buf, fds)
+}
+
 /// Sends a notice on a client's socket, raises its region's NOTICE flag, and rings its
 /// bell: a client looks at its socket only when the flag says so.
 fn notice(
@@ -365,21 +375,12 @@ impl SubscriberEnd {
         let (fd, map) = create(c"packet-ipc-subscriber", layout.len(), Access::ReadWrite)?;
         let region = SubscriberRegion::new(Arc::new(map), layout)
             .ok_or_else(|| TransportError::Protocol("region layout".into()))?;
-        let mut buf = Vec::new();
-        wire::welcome(
-            &mut buf,
-            &Welcome {
-                version: PROTOCOL,
-                id,
-                server: info,
-                role: WelcomeRole::Subscriber {
-                    layout,
-                    group,
-                    wait,
-                },
-            },
-        );
-        send(&conn, &buf, &[fd.as_fd()])?;
+        let role = WelcomeRole::Subscriber {
+            layout,
+            group,
+            wait,
+        };
+        send_welcome(&conn, id, info, role, &[fd.as_fd()])?;
         Ok(SubscriberEnd {
             conn,
             region,
