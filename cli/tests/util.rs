@@ -451,6 +451,20 @@ pub fn open_fds(pid: u32) -> usize {
         .count()
 }
 
+/// What the open descriptors of process `pid` point at (`/proc/PID/fd` links), sorted:
+/// for a message that says what was left open.
+pub fn fd_targets(pid: u32) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .map(|t| t.to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
 /// The open descriptors of process `pid` once they stop changing (the same count over
 /// half a second, several of the daemon's 100 ms housekeeping rounds; 10 s at most):
 /// a baseline that what departed clients held no longer inflates.
