@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use packet_ipc::{ConnectOptions, Error, Producer, Subscriber};
 
 use crate::util::{
-    open_fds, packets, settled_fds, summary, wait_output, wait_stderr_line, Daemon, DEADLINE,
+    open_fds, packets, settled_fds, signal, summary, wait_output, wait_stderr_line, Daemon,
+    DEADLINE,
 };
 
 fn options(daemon: &Daemon, reconnect_wait: Duration) -> ConnectOptions {
@@ -441,4 +442,42 @@ fn the_subscribe_command_keeps_running_across_a_daemon_restart() {
     let s = summary(&out);
     assert_eq!(s["packets"], 200);
     assert_eq!(s["reconnections"], 1, "{s}");
+}
+
+/// A stopping daemon first publishes what it had queued, then says it stops: a subscriber
+/// that was not reading then reads those batches before it goes looking for the next
+/// daemon (it used to drop them, or fail on one whose pool it had not met yet).
+#[test]
+fn a_stopping_daemon_s_last_batches_are_read_before_its_notice() {
+    let daemon = Daemon::start(Some("[servers.s]\nqueue-depth = 64\n"));
+    let opts = options(&daemon, Duration::ZERO);
+    let mut sub = daemon.peer(&["subscribe", "s", "--count", "500"]);
+    wait_stderr_line(&mut sub, "subscribed to");
+    signal(&sub, libc::SIGSTOP);
+    // A producer of its own, whose pool the stopped subscriber has not heard of yet.
+    let mut producer = Producer::connect_with("s", opts.clone()).unwrap();
+    for b in 0..5 {
+        producer.send(&packets(100, 64, b)).unwrap();
+    }
+    let deadline = Instant::now() + DEADLINE;
+    while packet_ipc::stats(&opts, Some("s")).unwrap()[0].subscribers[0].batches_out < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the batches never reached the ring"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(producer);
+    assert!(daemon.terminate().success());
+    signal(&sub, libc::SIGCONT);
+    let out = wait_output(sub, DEADLINE);
+    let s = summary(&out);
+    assert!(out.status.success(), "{s}");
+    assert_eq!(
+        s["packets"],
+        500,
+        "{s}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s["lost_batches"], 0, "{s}");
 }

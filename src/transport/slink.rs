@@ -160,6 +160,9 @@ pub(crate) struct SubscriberLink {
     /// Frames received.
     buf: Vec<u8>,
     interrupt: Option<Arc<AtomicBool>>,
+    /// A stopping daemon's notice, read while descriptors it published before were still
+    /// unread: given out once they have been.
+    stopping: Option<SubEvent>,
 }
 
 impl SubscriberLink {
@@ -209,6 +212,7 @@ impl SubscriberLink {
             wait: wait.unwrap_or(server_wait),
             buf: vec![0; MAX_DAEMON_FRAME],
             interrupt,
+            stopping: None,
         })
     }
 
@@ -219,12 +223,15 @@ impl SubscriberLink {
         super::plink::send(&self.conn, &out)
     }
 
-    /// The next batch or notice, by `deadline`.
+    /// The next batch or notice, by `deadline`. A stopping daemon says so once it has
+    /// published what it had queued: what is still in the ring comes first.
     pub(crate) fn next(&mut self, deadline: &mut Deadline) -> Result<SubEvent, TransportError> {
         loop {
             if self.region.flags().load(Ordering::Relaxed) & FLAG_NOTICE != 0 {
                 if let Some(notice) = self.read_socket(Duration::ZERO)? {
-                    return Ok(notice);
+                    if let Some(notice) = self.unless_held(notice) {
+                        return Ok(notice);
+                    }
                 }
             }
             let head = self.region.desc_head().load(Ordering::Acquire);
@@ -236,6 +243,9 @@ impl SubscriberLink {
                     ));
                 }
                 return self.take();
+            }
+            if let Some(notice) = self.stopping.take() {
+                return Ok(notice);
             }
             if self
                 .interrupt
@@ -257,7 +267,9 @@ impl SubscriberLink {
             if !ready {
                 // A daemon that died wakes nobody: look at the socket now and then.
                 if let Some(notice) = self.read_socket(Duration::ZERO)? {
-                    return Ok(notice);
+                    if let Some(notice) = self.unless_held(notice) {
+                        return Ok(notice);
+                    }
                 }
                 if deadline.passed() {
                     return Ok(SubEvent::Timeout);
@@ -310,7 +322,21 @@ impl SubscriberLink {
         self.pools.iter().rev().find(|p| p.id == id)
     }
 
-    /// Reads the socket until the announcement of `pool` arrived.
+    /// `notice`, unless it says the daemon stops while descriptors it published are still
+    /// unread: then it is held (in `stopping`) until they have been read.
+    fn unless_held(&mut self, notice: SubEvent) -> Option<SubEvent> {
+        let unread = self.region.desc_head().load(Ordering::Acquire) != self.next;
+        match notice {
+            SubEvent::Notice(NoticeCode::Stopping, _) if unread => {
+                self.stopping = Some(notice);
+                None
+            }
+            notice => Some(notice),
+        }
+    }
+
+    /// Reads the socket until the announcement of `pool` arrived (a stopping daemon's
+    /// notice read with it is held: the descriptor naming the pool came before it).
     fn wait_pool(&mut self, pool: u64) -> Result<(), TransportError> {
         let until = Instant::now() + ANNOUNCE_WAIT;
         while self.pool(pool).is_none() {
@@ -320,10 +346,12 @@ impl SubscriberLink {
                     "pool {pool} was never announced"
                 )));
             }
-            if let Some(SubEvent::Notice(code, why)) = self.read_socket(left)? {
-                return Err(TransportError::Protocol(format!(
-                    "notice {code:?} while waiting for a pool: {why}"
-                )));
+            if let Some(notice) = self.read_socket(left)? {
+                if let Some(SubEvent::Notice(code, why)) = self.unless_held(notice) {
+                    return Err(TransportError::Protocol(format!(
+                        "notice {code:?} while waiting for a pool: {why}"
+                    )));
+                }
             }
         }
         Ok(())
